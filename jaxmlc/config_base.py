@@ -10,6 +10,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "baseline"
   c.seed = 0
   c.multihost = False            # call jax.distributed.initialize()
+  # Explicit topology for jax.distributed; empty = detect (TPU pods, SLURM...).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic_scenes"
@@ -59,4 +64,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.nan_policy = "stop"    # "stop" | "skip"
   c.train.eval_batch_size = 0    # 0: global_batch_size
   c.train.progress = True
+  c.train.async_checkpoint = False  # orbax async saves (commit is still atomic)
   return c
