@@ -57,7 +57,8 @@ def main():
   print(f"metrics.summarize (all metrics):       {summarize_s:8.2f} s")
   print(f"metrics.average_precision (AP only):   {ap_s:8.2f} s")
   print(f"sklearn average_precision_score loop:  {sklearn_s:8.2f} s")
-  print(f"speed-up, sklearn AP loop / summarize: {sklearn_s / summarize_s:8.1f}x")
+  print(f"speed-up, sklearn AP loop / summarize: "
+        f"{sklearn_s / summarize_s:8.1f}x")
   print(f"speed-up, sklearn AP loop / AP:        {sklearn_s / ap_s:8.1f}x")
   print(f"max |AP - sklearn AP| over classes:    "
         f"{np.max(np.abs(ap - reference)):.3g}")

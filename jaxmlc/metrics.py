@@ -8,9 +8,9 @@ Conventions for every function:
 Classes with no positive among their evaluated entries get NaN per-class
 values and are left out of every per-class mean.
 
-Everything is vectorised: work happens on blocks of columns (AP) or rows
-(thresholded metrics) of about `_BLOCK` entries, so 100k x 1000 never
-allocates full-size int64 temporaries.
+Everything is vectorised numpy working on blocks of columns (AP: one int64
+sort per block) or rows (thresholded metrics), so 100k x 1000 never
+allocates full-size temporaries.
 """
 from __future__ import annotations
 
@@ -173,15 +173,15 @@ def _precision_sums(scores, targets, mask):
       continue
     first = np.cumsum(count) - count               # first positive per class
     index = np.arange(row.size)
-    # Descending counts at this position: positives at or above it, and
-    # evaluated entries at or above it (masked ones sort below everything).
+    # Counts from the top down to this position: positives, and evaluated
+    # entries (masked ones sort below everything).
     true_positives = count[row] - (index - first[row])
-    predicted = num_rows - col
+    at_or_above = num_rows - col
     # A tie group's threshold is read at its first positive (ascending).
     leader = np.ones(row.size, bool)
     leader[1:] = (tie[1:] != tie[:-1]) | (row[1:] != row[:-1])
     leader_index = np.maximum.accumulate(np.where(leader, index, 0))
-    precision = (true_positives / predicted)[leader_index]
+    precision = (true_positives / at_or_above)[leader_index]
     # VOC envelope: max precision at any lower threshold = running max in
     # ascending order. Adding 2 * row makes np.maximum.accumulate restart
     # at each class, since precision lies in (0, 1].
@@ -284,7 +284,8 @@ def _top_k(scores, k):
     above = tied_scores > kth
     at_kth = tied_scores == kth
     free = tied_k[:, None] - np.count_nonzero(above, axis=1, keepdims=True)
-    selected[tied_rows] = above | (at_kth & (np.cumsum(at_kth, axis=1) <= free))
+    selected[tied_rows] = above | (at_kth
+                                   & (np.cumsum(at_kth, axis=1) <= free))
   return selected
 
 

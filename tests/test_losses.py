@@ -31,6 +31,11 @@ def _value_and_grad(fn, *args):
   return jax.jit(jax.value_and_grad(fn))(*args)
 
 
+def _values_and_grads(fns, x):
+  """[(value, grad)] of each fn at x, in one compilation."""
+  return jax.jit(lambda z: [jax.value_and_grad(f)(z) for f in fns])(x)
+
+
 @pytest.fixture
 def x64():
   with jax.enable_x64(True):
@@ -200,6 +205,7 @@ def test_frequency_weighted_bce_matches_numpy():
 
 def test_frequency_weighted_beta_zero_is_plain_bce():
   x, t, _ = _data(3)
+  x, t = x.astype(np.float32), t.astype(np.float32)
   plain = optax.sigmoid_binary_cross_entropy(x, t).sum() / x.shape[0]
   np.testing.assert_allclose(
       L.frequency_weighted_bce(x, t, np.full(5, 0.2), 0.0), plain,
@@ -270,11 +276,26 @@ def test_asymmetric_loss_without_focusing_is_partial_bce():
 def test_nothing_known_gives_zero_and_finite_gradients():
   x, t, _ = _data(12)
   nothing = np.zeros_like(x)
-  for loss in (L.partial_bce, L.batch_balanced_bce,
-               L.asymmetric_loss):
-    assert float(loss(x, t, mask=nothing)) == 0.0
-    _, grad = _value_and_grad(lambda z: loss(z, t, mask=nothing), x)
-    assert np.all(np.asarray(grad) == 0.0), loss.__name__
+  fns = [lambda z, loss=loss: loss(z, t, mask=nothing)
+         for loss in (losses.partial_bce, losses.batch_balanced_bce,
+                      losses.asymmetric_loss)]
+  for value, grad in _values_and_grads(fns, x):
+    assert float(value) == 0.0
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_rows_with_nothing_known_drop_out():
+  # Means over known entries: an all-unknown row changes neither the value
+  # nor the other rows, and gets no gradient.
+  x, t, m = _data(14)
+  m[0] = 0.0
+  for name in ("partial_bce", "asymmetric_loss"):
+    loss = getattr(L, name)
+    np.testing.assert_allclose(loss(x, t, mask=m),
+                               loss(x[1:], t[1:], mask=m[1:]), rtol=1e-6)
+    _, grad = _value_and_grad(lambda z: loss(z, t, mask=m), x)
+    np.testing.assert_array_equal(grad[0], 0.0)
+    assert np.any(grad[1:] != 0.0)
 
 
 def test_js_identical_inputs_is_zero():
@@ -289,14 +310,19 @@ def test_saturated_logits_stay_finite():
   x = np.array([[100.0, -100.0, 0.0], [-60.0, 60.0, 30.0]])
   t = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
   cases = {
-      "partial_bce": lambda z: L.partial_bce(z, t),
-      "batch_balanced": lambda z: L.batch_balanced_bce(z, t),
-      "asl": lambda z: L.asymmetric_loss(z, t),
-      "js": lambda z: L.js_coregularization(z, -z),
-      "ntce": lambda z: L.normalized_target_ce(z, t),
+      "partial_bce": lambda z: losses.partial_bce(z, t),
+      "batch_balanced_bce": lambda z: losses.batch_balanced_bce(z, t),
+      "frequency_weighted_bce": lambda z: losses.frequency_weighted_bce(
+          z, t, np.full(3, 0.3), 0.4),
+      "asymmetric_loss": lambda z: losses.asymmetric_loss(z, t),
+      "asymmetric_loss clip=0": lambda z: losses.asymmetric_loss(z, t,
+                                                                 clip=0.0),
+      "js_coregularization": lambda z: losses.js_coregularization(z, -z),
+      "normalized_target_ce": lambda z: losses.normalized_target_ce(z, t),
   }
-  for name, fn in cases.items():
-    value, grad = _value_and_grad(fn, jnp.asarray(x, jnp.float32))
+  results = _values_and_grads(list(cases.values()),
+                              jnp.asarray(x, jnp.float32))
+  for name, (value, grad) in zip(cases, results):
     assert np.isfinite(value) and np.all(np.isfinite(grad)), name
 
 
@@ -313,12 +339,12 @@ def test_normalized_target_ce_dominant_class_and_empty_row():
 
 def test_zero_vectors_have_finite_gradients():
   zero, ones = jnp.zeros((2, 3)), jnp.ones((2, 3))
-  for fn in (lambda a: L.orthogonality_loss(a, ones),
-             lambda a: L.orthogonality_loss(a, ones, absolute=True),
-             lambda a: L.translation_loss(a, zero),
-             lambda a: L.cycle_consistency_loss(a, zero),
-             lambda a: L.asge_loss(a, jnp.eye(2), 0.1)):
-    value, grad = _value_and_grad(fn, zero)
+  fns = [lambda a: losses.orthogonality_loss(a, ones),
+         lambda a: losses.orthogonality_loss(a, ones, absolute=True),
+         lambda a: losses.translation_loss(a, zero),
+         lambda a: losses.cycle_consistency_loss(a, zero),
+         lambda a: losses.asge_loss(a, jnp.eye(2), 0.1)]
+  for value, grad in _values_and_grads(fns, zero):
     assert np.isfinite(value)
     np.testing.assert_array_equal(grad, 0.0)
 
