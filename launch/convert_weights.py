@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
       description="Convert torch ResNet/VGG-16 weights to a jaxmlc file.")
   parser.add_argument("input", help="state dict: .safetensors, .npz or .pth")
   parser.add_argument("output", help="converted file to write (.msgpack)")
-  parser.add_argument("--arch", choices=sorted(BACKBONES), default=None,
+  convertible = sorted(n for n in BACKBONES if n.startswith(("resnet", "vgg")))
+  parser.add_argument("--arch", choices=convertible, default=None,
                       help="backbone name; inferred from the keys if omitted")
   args = parser.parse_args(argv)
   if not args.output.endswith(pretrained.CONVERTED_SUFFIX):

@@ -19,8 +19,24 @@ def _shapes(model, x):
 
 
 def _init(model, x):
-  # Jitted: op-by-op init compiles every random initialiser separately.
-  return jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+  """Variables with the model's shapes, filled by numpy.
+
+  Compiling the real initialisers costs more CPU than the rest of a test;
+  test_resnet_tiny_init runs them once.
+  """
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), x)
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = np.prod(leaf.shape[:-1])
+      return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape),
+                         leaf.dtype)
+    return jnp.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0,
+                    leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _apply(model, variables, x, train=False, seed=None):
@@ -61,10 +77,12 @@ def test_resnet_parameter_counts_match_torchvision():
     assert total == count, name
 
 
-def test_resnet_tiny_runs_and_trains_batch_stats():
+def test_resnet_tiny_init_runs_and_trains_batch_stats():
   model = get_backbone("resnet_tiny")
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  variables = _init(model, x)
+  variables = jax.jit(
+      lambda x: model.init(jax.random.key(0), x, train=False))(x)
+  assert set(variables) == {"params", "batch_stats"}
   out = _apply(model, variables, x)
   assert out["layer4"].shape == (2, 1, 1, 128)
   assert out["stem"].shape == (2, 8, 8, 16)
@@ -77,11 +95,14 @@ def test_resnet_tiny_runs_and_trains_batch_stats():
 
 def _random_batch_stats(variables, seed=0):
   """Non-trivial running statistics so running vs batch stats differ."""
-  leaves, treedef = jax.tree.flatten(variables["batch_stats"])
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  new = [jax.random.uniform(k, l.shape, minval=0.5, maxval=1.5)
-         for k, l in zip(keys, leaves)]
-  return {**variables, "batch_stats": jax.tree.unflatten(treedef, new)}
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    if path[-1].key == "mean":
+      return jnp.asarray(rng.normal(0, 0.2, leaf.shape), leaf.dtype)
+    return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+  stats = jax.tree_util.tree_map_with_path(fill, variables["batch_stats"])
+  return {**variables, "batch_stats": stats}
 
 
 def test_frozen_stages_use_running_statistics():
@@ -132,7 +153,7 @@ def test_bfloat16_compute_keeps_float32_params():
 
 @pytest.mark.parametrize("name", ["vgg16", "vgg16_bn"])
 def test_vgg_shapes(name):
-  model = get_backbone(name, width=0.125, fc_features=32)
+  model = get_backbone(name, width=8, fc_features=32)
   x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
   variables = _init(model, x)
   out = _apply(model, variables, x)
@@ -140,7 +161,7 @@ def test_vgg_shapes(name):
       "conv7": (2, 16, 16, 32), "conv10": (2, 8, 8, 64),
       "conv13": (2, 4, 4, 64), "pool5": (2, 2, 2, 64), "fc7": (2, 32)}
   assert model.out_channels == {k: v.shape[-1] for k, v in out.items()}
-  assert ("bn13" in variables["params"]) == name.endswith("_bn")
+  assert ("bn13" in variables["params"]["block5"]) == name.endswith("_bn")
   assert (np.asarray(out["conv7"]) >= 0).all()  # after ReLU
   # Dropout is active when training.
   train_out = _apply(model, variables, x, train=True, seed=2)[0]
@@ -158,8 +179,23 @@ def test_vgg_full_size_shapes_and_torch_indices():
   assert [torch_feature_index(k, True) for k in (1, 7, 13)] == [0, 20, 40]
 
 
+def test_vgg_frozen_blocks_use_running_statistics():
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  model = get_backbone("vgg16_bn", width=8, include_fc=False,
+                       frozen_stages=("block1", "block2", "block3"))
+  variables = _random_batch_stats(_init(model, x))
+  eval_out = _apply(model, variables, x)
+  train_out, updates = _apply(model, variables, x, train=True)
+  np.testing.assert_allclose(train_out["conv7"], eval_out["conv7"], atol=1e-5)
+  frozen_var = lambda v: v["batch_stats"]["block3"]["bn7"]["var"]
+  np.testing.assert_array_equal(frozen_var(updates), frozen_var(variables))
+  assert not np.allclose(train_out["conv10"], eval_out["conv10"], atol=1e-3)
+  with pytest.raises(ValueError, match="layer4.*block1"):
+    _init(get_backbone("vgg16", frozen_stages=("layer4",)), x)
+
+
 def test_vgg_without_fc():
-  model = get_backbone("vgg16", width=0.125, include_fc=False)
+  model = get_backbone("vgg16", width=8, include_fc=False)
   shapes, variables = _shapes(model, jax.ShapeDtypeStruct((1, 32, 32, 3),
                                                           jnp.float32))
   assert "fc7" not in shapes and "fc6" not in variables["params"]
@@ -233,7 +269,7 @@ def test_registry_errors():
   with pytest.raises(ValueError, match="Known backbones"):
     get_backbone("efficientnet")
   with pytest.raises(ValueError, match="frozen_stages"):
-    get_backbone("vgg16", frozen_stages=("stem",))
+    get_backbone("alexnet8", frozen_stages=("stem",))
   with pytest.raises(ValueError, match="depth 42"):
     get_backbone("resnet18", depth=42).out_channels  # noqa: B018
   model = get_backbone("resnet50", width=8, name="backbone")

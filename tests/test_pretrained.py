@@ -275,11 +275,10 @@ def test_vgg16_matches_reference(tmp_path, name, suffix):
   batch_norm_layers = name.endswith("_bn")
   sd = vgg_state_dict(batch_norm_layers, divide=8, fc=64)
   path = _save(sd, tmp_path / f"{name}{suffix}")
-  assert pretrained.infer_arch(sd) == (name, {"width": 0.125,
-                                              "fc_features": 64})
+  assert pretrained.infer_arch(sd) == (name, {"width": 8, "fc_features": 64})
   variables = pretrained.convert(path)
   x = _image(size=64)  # pool5 2x2 -> adaptive 7x7 replicates, as torch
-  model = get_backbone(name, width=0.125, fc_features=64)
+  model = get_backbone(name, width=8, fc_features=64)
   diffs = _compare(model, variables, vgg_reference(sd, x, batch_norm_layers),
                    x)
   print(f"{name}/8 max abs diff", diffs)
@@ -317,6 +316,8 @@ def test_load_into_nested_variables_and_converted_file(tmp_path):
     pretrained.load_into(wrong, converted)
   with pytest.raises(ValueError, match="no 'encoder'.*backbone"):
     pretrained.load_into(variables, path, prefix=("encoder",))
+  with pytest.raises(ValueError, match="not part of a resnet backbone"):
+    pretrained.load_into(variables, path, prefix=())
 
 
 def test_mismatched_files_are_refused(tmp_path):
@@ -375,3 +376,25 @@ def test_convert_weights_cli(tmp_path, capsys):
       "conv1"]["kernel"], sd["layer3.0.conv1.weight"].transpose(2, 3, 1, 0))
   assert cli.main([source, out, "--arch", "resnet18"]) == 2
   assert "does not match" in capsys.readouterr().err
+
+
+def test_vgg_timm_names_and_conv_only_model(tmp_path):
+  sd = vgg_state_dict(batch_norm=False, divide=8, fc=64)
+  reference = pretrained.convert(_save(sd, tmp_path / "tv.npz"))
+  # timm's VGG keeps `features.*` but runs fc6/fc7 as convs (pre_logits)
+  # over the 7x7 map and calls the classifier `head.fc`.
+  timm = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+  timm["pre_logits.fc1.weight"] = sd["classifier.0.weight"].reshape(64, 64,
+                                                                    7, 7)
+  timm["pre_logits.fc1.bias"] = sd["classifier.0.bias"]
+  timm["pre_logits.fc2.weight"] = sd["classifier.3.weight"][:, :, None, None]
+  timm["pre_logits.fc2.bias"] = sd["classifier.3.bias"]
+  timm["head.fc.weight"] = sd["classifier.6.weight"]
+  timm["head.fc.bias"] = sd["classifier.6.bias"]
+  converted = pretrained.convert(_save(timm, tmp_path / "timm.npz"))
+  for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(a, b)
+  # A model without fc6/fc7 takes the same file and ignores the classifier.
+  conv_only = pretrained.convert(str(tmp_path / "tv.npz"), "vgg16",
+                                 width=8, include_fc=False)
+  assert "fc6" not in conv_only["params"] and conv_only["batch_stats"] == {}

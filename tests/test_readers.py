@@ -1,4 +1,4 @@
-"""Real-dataset readers (coco2014, voc2007, vg200) on fixture files written here.
+"""Real-dataset readers (coco2014, voc2007, vg200) on fixtures written here.
 
 Every fixture is in the real on-disk format (instances_*.json, VOCdevkit XML,
 VG split lists, JPEGs via PIL); the TFDS layouts are built by TFDS' own
@@ -256,6 +256,7 @@ def _build_tfds(name, data_dir, extracted):
                          "download_and_extract", fake_download):
     builder = tfds.builder(name, data_dir=str(data_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False,
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
 
 
@@ -285,7 +286,8 @@ def test_coco_tfds_layout_maps_classes_by_name(tmp_path):
   local = coco.load_coco2014(data_config(extracted))
   from_tfds = coco.load_coco2014(data_config(tmp_path / "tfds"))
   assert isinstance(from_tfds, image_files.TfdsSource)
-  assert local.info.class_names == from_tfds.info.class_names == coco.COCO_CLASSES
+  assert local.info.class_names == coco.COCO_CLASSES
+  assert from_tfds.info.class_names == coco.COCO_CLASSES
   assert local.info.num_examples == from_tfds.info.num_examples == {
       "train": 3, "test": 1}
   for split in ("train", "test"):
@@ -584,7 +586,8 @@ FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 policies = st.sampled_from(["fail", "skip"])
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 100) | st.floats(allow_nan=False)
+    st.none() | st.booleans() | st.integers(-3, 100)
+    | st.floats(allow_nan=False)
     | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
@@ -627,12 +630,14 @@ def test_fuzz_coco_instances_parser(document, policy, garble):
   except AnnotationError as e:
     assert "instances_train2014.json" in str(e)
     return
-  assert result.labels.shape == (len(result.file_names), len(result.class_names))
+  assert result.labels.shape == (len(result.file_names),
+                                 len(result.class_names))
   assert set(np.unique(result.labels)) <= {0, 1}
   assert result.labels.sum(axis=1).min(initial=1) >= 1   # annotated images only
 
 
-xml_names = st.sampled_from(["dog", "Cat", " person ", "unicorn", "", "&amp;"])
+xml_names = st.sampled_from(["dog", "Cat", " person ", "unicorn", "", "&amp;",
+                             "&e;"])
 xml_flags = st.sampled_from(["0", "1", "", "2", " 1 "])
 
 
@@ -641,9 +646,14 @@ def voc_like(draw):
   objects = draw(st.lists(st.tuples(xml_names, xml_flags, st.booleans()),
                           max_size=4))
   body = "".join(
-      f"<object><name>{n}</name>" + (f"<difficult>{f}</difficult>" if has else "")
+      f"<object><name>{n}</name>"
+      + (f"<difficult>{f}</difficult>" if has else "")
       + "</object>" for n, f, has in objects)
-  text = f"<annotation>{body}</annotation>"
+  declaration = draw(st.sampled_from(
+      ["", '<?xml version="1.0"?>', '<?xml version="1.0" encoding="utf-8"?>',
+       '<?xml version="1.0" encoding="no-such-codec"?>',
+       '<!DOCTYPE a [<!ENTITY e "dog">]>']))
+  text = f"{declaration}<annotation>{body}</annotation>"
   cut = draw(st.none() | st.integers(0, len(text)))
   if cut is not None:
     text = text[:cut] + draw(st.text(max_size=5)) + text[cut:]
@@ -669,7 +679,8 @@ list_lines = st.lists(
     st.one_of(st.text(max_size=12),
               st.builds(lambda name, idx: " ".join([name, *map(str, idx)]),
                         st.sampled_from(["1.jpg", "2.jpg", "a b"]),
-                        st.lists(st.integers(-2, 5), max_size=3))),
+                        st.lists(st.integers(-2, 5) | st.just("9" * 5000),
+                                 max_size=3))),
     max_size=6).map("\n".join)
 
 

@@ -28,7 +28,8 @@ class AlexNet8(nn.Module):
     dtype: computation dtype; parameters stay float32.
 
   __call__(x: [B, H, W, 3], train) -> {"conv5": [B, h, w, conv_features[-1]]
-    (after its pool; h = H/32 rounded up), "embedding": [B, dense_features[-1]]}.
+    (after its pool; h = H/32 rounded up),
+    "embedding": [B, dense_features[-1]]}.
   The dense input is the flattened conv5 map, so the image size is fixed
   at init (224 -> 7x7x256).
   """

@@ -113,7 +113,7 @@ def infer_arch(state_dict: Mapping[str, np.ndarray]) -> tuple[str, dict]:
       raise ValueError(f"The state dict is a VGG with {len(convs)} convs; "
                        "only VGG-16 (13 convs) is supported.")
     batch_norm = "features.1.running_mean" in keys
-    kwargs = {"width": state_dict["features.0.weight"].shape[0] / 64}
+    kwargs = {"width": int(state_dict["features.0.weight"].shape[0])}
     for fc6 in ("classifier.0.weight", "pre_logits.fc1.weight"):
       if fc6 in keys:
         kwargs["fc_features"] = int(state_dict[fc6].shape[0])
@@ -145,7 +145,7 @@ def _torch_module(family: str, path: tuple[str, ...],
     module = {"downsample_conv": "downsample.0",
               "downsample_bn": "downsample.1"}.get(module, module)
     return [f"{layer}.{block.removeprefix('block')}.{module}"]
-  (module,) = path
+  module = path[-1]  # VGG: block{b}/conv{k}, block{b}/bn{k}, fc6, fc7
   if module.startswith("conv"):
     return [f"features.{torch_feature_index(int(module[4:]), batch_norm)}"]
   if module.startswith("bn"):
@@ -195,11 +195,15 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _from_state_dict(state_dict: StateDict, expected: Mapping[str, Any],
-                     family: str, source: str, target: str) -> Variables:
+                     family: str, source: str, target: str,
+                     suggest_arch: bool = True) -> Variables:
   """Map a torch state dict onto `expected` ({"params", "batch_stats"} of
-  arrays or ShapeDtypeStructs); refuses any mismatch."""
+  arrays or ShapeDtypeStructs); refuses any mismatch (with the
+  architecture the keys suggest, when `suggest_arch`)."""
   params = expected.get("params") or {}
-  batch_norm = family == "vgg" and "bn1" in params
+  batch_norm = family == "vgg" and any(
+      name.startswith("bn") for path in traverse_util.flatten_dict(
+          dict(params)) for name in path)
   has_fc = "fc6" in params
   converted, used, problems = {}, set(), []
   for collection in ("params", "batch_stats"):
@@ -207,12 +211,15 @@ def _from_state_dict(state_dict: StateDict, expected: Mapping[str, Any],
     out = {}
     for path, leaf in flat.items():
       leaf_name = _LEAF_NAMES.get((collection, path[-1]))
-      if leaf_name is None:
+      try:
+        modules = _torch_module(family, path[:-1], batch_norm)
+      except (KeyError, ValueError):
+        modules = None
+      if leaf_name is None or modules is None:
         raise ValueError(f"{target} has a {collection} leaf "
-                         f"{'/'.join(path)} with no torch counterpart; is it "
-                         "really a ResNet/VGG backbone?")
-      candidates = [f"{m}.{leaf_name}"
-                    for m in _torch_module(family, path[:-1], batch_norm)]
+                         f"{'/'.join(path)} that is not part of a {family} "
+                         "backbone; point `prefix` at the backbone itself.")
+      candidates = [f"{m}.{leaf_name}" for m in modules]
       key = next((k for k in candidates if k in state_dict), None)
       if key is None:
         problems.append(f"{candidates[0]}: missing from the file (expected "
@@ -231,7 +238,7 @@ def _from_state_dict(state_dict: StateDict, expected: Mapping[str, Any],
       problems.append(f"{key}: in the file but not in the model (shape "
                       f"{state_dict[key].shape})")
   if problems:
-    _refuse(source, target, problems, state_dict)
+    _refuse(source, target, problems, state_dict if suggest_arch else None)
   return converted
 
 
@@ -275,12 +282,18 @@ def convert_state_dict(state_dict: StateDict, arch: str | None = None,
     arch, inferred = infer_arch(state_dict)
     model_kwargs = {**inferred, **model_kwargs}
   model = get_backbone(arch, **model_kwargs)
+  try:  # only suggest another architecture when the keys point elsewhere
+    inferred_arch, inferred = infer_arch(state_dict)
+    suggest = inferred_arch != arch or any(
+        getattr(model, k) != v for k, v in inferred.items())
+  except ValueError:
+    suggest = False
   expected = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                          train=False))
   described = f"{arch} {model_kwargs}" if model_kwargs else arch
   return _from_state_dict(state_dict, expected, _family(arch, state_dict),
-                          source, f"backbone {described}")
+                          source, f"backbone {described}", suggest)
 
 
 def save_converted(variables: Mapping[str, Any], out_path: str,

@@ -99,7 +99,10 @@ def _shortcut(block, x, use_running_average: bool):
 
 
 class Stem(nn.Module):
-  """7x7/2 conv + BN + ReLU + 3x3/2 max-pool: [B, H, W, 3] -> [B, H/4, W/4, F]."""
+  """7x7/2 conv + BN + ReLU + 3x3/2 max-pool.
+
+  x: [B, H, W, 3] -> [B, H/4, W/4, F].
+  """
   features: int
   dtype: Any = jnp.float32
 

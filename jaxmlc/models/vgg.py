@@ -2,9 +2,13 @@
 
 MSCNN puts attention estimators after conv layers 7, 10 and 13 (the ends
 of blocks 3, 4, 5) and uses the last FC layer as the global vector, so
-those are returned. Parameter tree: conv1..conv13 (3x3, bias), bn1..bn13
-(with `batch_norm`), fc6, fc7 (with `include_fc`). torchvision's
-`features.{i}` / `classifier.{0,3}` map onto them (`torch_feature_index`).
+those are returned. Parameter tree (convs numbered 1..13 across blocks):
+
+  block1/{conv1, [bn1,] conv2, [bn2]}, ..., block5/{conv11, ..., conv13},
+  fc6, fc7 (with `include_fc`)
+
+torchvision's `features.{i}` / `classifier.{0,3}` map onto them
+(`torch_feature_index`).
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from jaxmlc.models.mlp import adaptive_average_pool
 # torchvision's configuration "D": conv widths, "M" = 2x2/2 max-pool.
 LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
           512, 512, 512, "M", 512, 512, 512, "M")
-RETURNED_CONVS = (7, 10, 13)
+RETURNED_CONVS = (7, 10, 13)  # the last convs of blocks 3, 4, 5
+STAGE_NAMES = ("block1", "block2", "block3", "block4", "block5", "fc6", "fc7")
 
 # torchvision's VGG init: kaiming_normal(fan_out, relu) convs, N(0, 0.01) FC.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -42,38 +47,74 @@ def torch_feature_index(conv_number: int, batch_norm: bool) -> int:
   raise ValueError(f"VGG-16 has convs 1..13, not {conv_number}.")
 
 
+class VGGBlock(nn.Module):
+  """3x3 convs (+ BN) + ReLU, then 2x2/2 max-pool; convs numbered globally.
+
+  x: [B, H, W, C] -> (last conv's map [B, H, W, F], pooled [B, H/2, W/2, F]).
+  """
+  widths: tuple[int, ...]
+  first_conv: int
+  batch_norm: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool):
+    for k, width in enumerate(self.widths, start=self.first_conv):
+      x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)),
+                  kernel_init=_conv_init, dtype=self.dtype, name=f"conv{k}")(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=use_running_average,
+                         momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                         name=f"bn{k}")(x)
+      x = nn.relu(x)
+    return x, nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
 class VGG16(nn.Module):
   """VGG-16 features + the first two FC layers.
 
   Attributes:
     batch_norm: BN after every conv (torchvision's vgg16_bn).
-    width: multiplier on conv widths (1.0 = torchvision; small for tests).
+    width: channels of the first block; 64 = torchvision, all conv widths
+      scale by width / 64 (small for tests).
     fc_features: width of fc6/fc7 (4096 in torchvision).
     include_fc: build fc6/fc7 (off when only the conv maps are needed).
     dropout: after fc6 and fc7 when training (needs a "dropout" rng).
     pool_size: torchvision's AdaptiveAvgPool2d((7, 7)) before fc6.
     dtype: computation dtype; parameters stay float32.
+    frozen_stages: names from STAGE_NAMES whose BatchNorms always use (and
+      never update) their running statistics; the method's optimizer
+      freezes their parameters.
 
-  __call__(x: [B, H, W, 3], train) -> {"conv7": [B, H/4, W/4, 256w],
-    "conv10": [B, H/8, W/8, 512w], "conv13": [B, H/16, W/16, 512w]
-    (after ReLU, before pooling), "pool5": [B, H/32, W/32, 512w],
-    "fc7": [B, fc_features] (after ReLU and dropout; with include_fc)}.
+  __call__(x: [B, H, W, 3], train) -> {"conv7": [B, H/4, W/4, 4w],
+    "conv10": [B, H/8, W/8, 8w], "conv13": [B, H/16, W/16, 8w]
+    (after ReLU, before pooling), "pool5": [B, H/32, W/32, 8w],
+    "fc7": [B, fc_features] (after ReLU and dropout; with include_fc)},
+    w = width.
   """
   batch_norm: bool = False
-  width: float = 1.0
+  width: int = 64
   fc_features: int = 4096
   include_fc: bool = True
   dropout: float = 0.5
   pool_size: int = 7
   dtype: Any = jnp.float32
+  frozen_stages: tuple[str, ...] = ()
 
-  def _widths(self) -> list[int]:
-    return [max(1, round(c * self.width)) for c in LAYOUT if c != "M"]
+  def _blocks(self) -> list[tuple[int, ...]]:
+    blocks, current = [], []
+    for item in LAYOUT:
+      if item == "M":
+        blocks.append(tuple(current))
+        current = []
+      else:
+        current.append(max(1, item * self.width // 64))
+    return blocks
 
   @property
   def out_channels(self) -> dict[str, int]:
     """Channels of each returned entry, without running the model."""
-    widths = self._widths()
+    widths = [w for block in self._blocks() for w in block]
     channels = {f"conv{k}": widths[k - 1] for k in RETURNED_CONVS}
     channels["pool5"] = widths[-1]
     if self.include_fc:
@@ -82,22 +123,19 @@ class VGG16(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict[str, Any]:
-    widths = iter(self._widths())
-    outputs, conv = {}, 0
-    for item in LAYOUT:
-      if item == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        continue
-      conv += 1
-      x = nn.Conv(next(widths), (3, 3), padding=((1, 1), (1, 1)),
-                  kernel_init=_conv_init, dtype=self.dtype,
-                  name=f"conv{conv}")(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-5, dtype=self.dtype, name=f"bn{conv}")(x)
-      x = nn.relu(x)
-      if conv in RETURNED_CONVS:
-        outputs[f"conv{conv}"] = x
+    unknown = [s for s in self.frozen_stages if s not in STAGE_NAMES]
+    if unknown:
+      raise ValueError(f"frozen_stages has unknown stage(s) {unknown}; "
+                       f"VGG-16 stages are {list(STAGE_NAMES)}.")
+    outputs, first_conv = {}, 1
+    for b, widths in enumerate(self._blocks(), start=1):
+      stage = f"block{b}"
+      running = (not train) or stage in self.frozen_stages
+      last, x = VGGBlock(widths, first_conv, self.batch_norm, self.dtype,
+                         name=stage)(x, running)
+      first_conv += len(widths)
+      if first_conv - 1 in RETURNED_CONVS:
+        outputs[f"conv{first_conv - 1}"] = last
     outputs["pool5"] = x
     if not self.include_fc:
       return outputs

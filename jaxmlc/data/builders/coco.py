@@ -110,7 +110,8 @@ def parse_instances(text: str | bytes, where: str, bad: files.BadExamples,
   class_names = tuple(categories[i] for i in category_ids)
   if not class_names or len(set(class_names)) != len(class_names):
     raise files.AnnotationError(
-        f"{where}: expected distinct category names; found {_short(class_names)}.")
+        f"{where}: expected distinct category names; found "
+        f"{_short(class_names)}.")
   column = {category_id: c for c, category_id in enumerate(category_ids)}
 
   images: dict[int, str] = {}   # id -> file name, in file order
@@ -130,7 +131,8 @@ def parse_instances(text: str | bytes, where: str, bad: files.BadExamples,
 
   positives: dict[int, set[int]] = {}
   for annotation in data["annotations"]:
-    image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+    image_id = (annotation.get("image_id") if isinstance(annotation, dict)
+                else None)
     if not _is_int(image_id) or image_id not in images:
       bad(f"{where}: annotation {_short(annotation)} is for image_id "
           f"{_short(image_id)}, which is not in 'images'")
@@ -156,13 +158,15 @@ def parse_instances(text: str | bytes, where: str, bad: files.BadExamples,
     row[sorted(positives[image_id])] = 1
     file_names.append(file_name)
     labels.append(row)
-  labels = np.asarray(labels, np.uint8).reshape(len(file_names), len(class_names))
+  labels = np.asarray(labels, np.uint8).reshape(len(file_names),
+                                                len(class_names))
   return Instances(class_names, file_names, labels)
 
 
 def _looks_local(root: str) -> bool:
-  return all(os.path.isdir(os.path.join(root, d)) for d in _SPLITS.values()) and all(
-      os.path.isfile(_annotation_path(root, d)) for d in _SPLITS.values())
+  return all(os.path.isdir(os.path.join(root, d)) and
+             os.path.isfile(_annotation_path(root, d))
+             for d in _SPLITS.values())
 
 
 def _annotation_path(root: str, coco_split: str) -> str:

@@ -54,7 +54,7 @@ _OTHER_STARTS = (b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
 class DatasetNotFoundError(FileNotFoundError):
-  """The dataset is not on disk in a layout we read; the message says how to get it."""
+  """No dataset on disk in a layout we read; the message says how to get it."""
 
 
 class AnnotationError(ValueError):
@@ -180,7 +180,7 @@ def find_root(base: str, subdirs: Iterable[str],
 
 
 def describe_dir(path: str) -> str:
-  """What is there, for an error message: 'X does not exist' / 'X holds a, b'."""
+  """What is there, for a message: 'X does not exist' / 'X holds: a, b'."""
   if not os.path.exists(path):
     return f"{path} does not exist"
   if not os.path.isdir(path):
@@ -232,7 +232,8 @@ def image_file_problem(path: str) -> str | None:
   if head.startswith(_OTHER_STARTS):
     return None
   if not head.startswith(_JPEG_START):
-    return f"image {path} is not a JPEG/PNG/GIF/BMP file (it starts {head[:4]!r})"
+    return (f"image {path} is not a JPEG/PNG/GIF/BMP file (it starts "
+            f"{head[:4]!r})")
   if tail == _JPEG_END:
     return None
   try:
@@ -298,17 +299,25 @@ def in_order(records: tf.data.Dataset, load_image, index: SplitIndex,
   labels, ids, table = (tf.constant(index.labels), tf_strings(index.ids),
                         tf.constant(list(names) or [""], tf.string))
 
-  def blank(i):
+  def blanks(first, stop):
+    """Examples first..stop-1 as blanks: [M, ...] each, M = stop - first.
+    Built inside `scan`, whose function holds the big tables once; a
+    per-element dataset capturing them would copy them every time."""
+    i = tf.range(tf.cast(first, tf.int64), tf.cast(stop, tf.int64))
+    m = tf.size(i)
     safe = tf.minimum(i, max(n - 1, 0))   # i = n only for the sentinel
-    return {"labels": tf.gather(labels, safe) if n else
-            tf.zeros([num_classes], tf.uint8),
-            "label_mask": tf.zeros([num_classes], tf.uint8),
-            "id": tf.gather(ids, safe) if n else tf.constant(""),
-            "index": i, "image": blank_image}
+    return {
+        "labels": (tf.gather(labels, safe) if n
+                   else tf.zeros([m, num_classes], tf.uint8)),
+        "label_mask": tf.zeros([m, num_classes], tf.uint8),
+        "id": tf.gather(ids, safe) if n else tf.fill([m], ""),
+        "index": i,
+        "image": tf.tile(blank_image[None], tf.concat(
+            [[m], tf.ones([tf.rank(blank_image)], tf.int32)], 0))}
 
   # A sentinel with index N lets the check see a hole at the very end.
-  examples = examples.concatenate(
-      tf.data.Dataset.from_tensors(blank(tf.constant(n, tf.int64))))
+  sentinel = {k: v[0] for k, v in blanks(n, n + 1).items()}
+  examples = examples.concatenate(tf.data.Dataset.from_tensors(sentinel))
 
   def check(state, example):
     expected, skipped = state
@@ -331,22 +340,19 @@ def in_order(records: tf.data.Dataset, load_image, index: SplitIndex,
             f"WARNING {where}: unreadable image(s) ", files, " replaced by "
             "blank examples with label_mask 0 (", tf.strings.as_string(skipped),
             " so far in this pass; config.data.on_bad_example='skip')"])
-        with tf.control_dependencies([tf.print(line, output_stream=sys.stderr)]):
+        printed = tf.print(line, output_stream=sys.stderr)
+        with tf.control_dependencies([printed]):
           return tf.constant(True)
 
       done = tf.cond(missing > 0, report, lambda: tf.constant(False))
     with tf.control_dependencies([done]):
-      missing = tf.identity(missing)
-    return (index_ + 1, skipped), (example, expected, missing)
+      holes = blanks(expected, index_)
+    return (index_ + 1, skipped), (holes, example)
 
   initial = (tf.constant(0, tf.int64), tf.constant(0, tf.int64))
-  examples = examples.scan(initial, check)
-
-  def with_blanks(example, first_missing, missing):
-    holes = tf.data.Dataset.range(first_missing, first_missing + missing)
-    return holes.map(blank).concatenate(tf.data.Dataset.from_tensors(example))
-
-  examples = examples.flat_map(with_blanks)
+  examples = examples.scan(initial, check).flat_map(
+      lambda holes, example: tf.data.Dataset.from_tensor_slices(holes)
+      .concatenate(tf.data.Dataset.from_tensors(example)))
   return examples.filter(lambda example: example["index"] < n)
 
 

@@ -66,7 +66,7 @@ def _columns(values, num_classes: int) -> list[int] | None:
   columns = []
   for value in values:
     if isinstance(value, str):
-      if not value.isdigit() or not value.isascii():
+      if not (value.isascii() and value.isdigit()) or len(value) > 9:
         return None
       value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -104,7 +104,8 @@ def parse_author_lists(list_text: str | bytes, list_where: str,
                        labels_text: str | bytes, labels_where: str,
                        num_classes: int,
                        bad: files.BadExamples) -> list[tuple[str, list[int]]]:
-  """Format B: a name list + the {name: [index, ...]} JSON -> [(name, indices)]."""
+  """Format B: a name list and the {name: [index, ...]} JSON -> [(name,
+  indices)]."""
   try:
     index = json.loads(labels_text)
   except (ValueError, RecursionError) as e:
@@ -128,7 +129,8 @@ def parse_author_lists(list_text: str | bytes, list_where: str,
       bad(f"{list_where} line {number}: image {name[:60]!r} is listed twice")
       continue
     values = index.get(name)
-    columns = _columns(values, num_classes) if isinstance(values, list) else None
+    columns = (_columns(values, num_classes) if isinstance(values, list)
+               else None)
     if columns is None:
       bad(f"{labels_where} has no list of category indices in [0, "
           f"{num_classes}) for {name[:60]!r} ({list_where} line {number})")
@@ -182,7 +184,8 @@ def _load_local(root: str, data_config, policy: str):
   author_format = _format(root) == "B"
   category_path = os.path.join(root, CATEGORY_FILE)
   if os.path.isfile(category_path):
-    class_names = parse_categories(files.read_text(category_path), category_path)
+    class_names = parse_categories(files.read_text(category_path),
+                                   category_path)
   else:  # only format B gets here
     class_names = tuple(f"category_{c:03d}" for c in range(NUM_CLASSES))
     logging.warning("vg200: no %s in %s; naming the %d classes category_000"
@@ -195,12 +198,14 @@ def _load_local(root: str, data_config, policy: str):
   splits = {}
   for split in ("train", "test"):
     bad = files.BadExamples("vg200", split, policy)
-    where = os.path.join(root, (AUTHOR_LISTS if author_format else LISTS)[split])
+    lists = AUTHOR_LISTS if author_format else LISTS
+    where = os.path.join(root, lists[split])
     if author_format:
       entries = parse_author_lists(files.read_text(where), where, labels_text,
                                    labels_where, num_classes, bad)
     else:
-      entries = parse_split_list(files.read_text(where), where, num_classes, bad)
+      entries = parse_split_list(files.read_text(where), where, num_classes,
+                                 bad)
     ids, labels, paths = [], [], []
     for name, columns in entries:
       if name not in paths_of:

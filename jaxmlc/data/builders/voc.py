@@ -39,6 +39,7 @@ VOC_CLASSES = (
 
 _SPLITS = {"train": "trainval", "test": "test"}   # ours -> VOC's list name
 _TFDS_SPLITS = {"train": "train+validation", "test": "test"}
+_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/"
 
 
 def parse_annotation(text: str | bytes, where: str,
@@ -52,7 +53,8 @@ def parse_annotation(text: str | bytes, where: str,
   """
   try:
     root = ElementTree.fromstring(text)
-  except (ElementTree.ParseError, ValueError, RecursionError) as e:
+  except (ElementTree.ParseError, ValueError, LookupError,
+          RecursionError) as e:   # LookupError: an unknown encoding= name
     raise files.AnnotationError(f"{where} is not valid XML ({e})") from None
   if root.tag != "annotation":
     raise files.AnnotationError(
@@ -86,7 +88,8 @@ def labels_and_mask(positive: set[int], difficult_only: set[int],
   return labels, mask
 
 
-def parse_image_set(text: str | bytes, where: str, bad: files.BadExamples) -> list[str]:
+def parse_image_set(text: str | bytes, where: str,
+                    bad: files.BadExamples) -> list[str]:
   """ImageSets/Main/<set>.txt -> image ids (one a line; blank lines ignored)."""
   if isinstance(text, bytes):
     try:
@@ -111,22 +114,23 @@ def parse_image_set(text: str | bytes, where: str, bad: files.BadExamples) -> li
 
 
 def _looks_local(root: str) -> bool:
+  lists = os.path.join(root, "ImageSets", "Main")
   return all(os.path.isdir(os.path.join(root, d))
              for d in ("JPEGImages", "Annotations")) and all(
-                 os.path.isfile(os.path.join(root, "ImageSets", "Main", f"{s}.txt"))
+                 os.path.isfile(os.path.join(lists, f"{s}.txt"))
                  for s in _SPLITS.values())
 
 
 def _missing_message(base: str) -> str:
-  found = files.found_under(base, (os.path.join("VOCdevkit", "VOC2007"), "VOC2007"))
+  found = files.found_under(
+      base, (os.path.join("VOCdevkit", "VOC2007"), "VOC2007"))
   return (
       f"voc2007: no Pascal VOC 2007 under config.data.dir={base!r}. Expected "
       f"either a local VOCdevkit ({base}/VOCdevkit/VOC2007, {base}/VOC2007 or "
       f"{base} itself) holding JPEGImages/<id>.jpg, Annotations/<id>.xml, "
       "ImageSets/Main/trainval.txt and ImageSets/Main/test.txt -- on a "
       "machine with internet download "
-      "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar "
-      "and http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar "
+      f"{_URL}VOCtrainval_06-Nov-2007.tar and {_URL}VOCtest_06-Nov-2007.tar "
       f"and run `tar xf` on both inside {base} (they unpack to "
       "VOCdevkit/VOC2007) -- or a prepared TFDS voc/2007 in "
       f"{base}/voc/2007/ (on a machine with internet run `tfds build voc/2007 "
@@ -145,7 +149,8 @@ def _load_local(root: str, data_config, policy: str, as_negative: bool):
     for image_id in image_ids:
       xml_path = os.path.join(root, "Annotations", f"{image_id}.xml")
       if f"{image_id}.jpg" not in images:
-        bad(f"{where} lists {image_id}, but JPEGImages/{image_id}.jpg is missing")
+        bad(f"{where} lists {image_id}, but JPEGImages/{image_id}.jpg is "
+            "missing")
         continue
       if f"{image_id}.xml" not in annotations:
         bad(f"{where} lists {image_id}, but {xml_path} is missing")
