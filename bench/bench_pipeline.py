@@ -1,6 +1,6 @@
 """Train-pipeline throughput on synthetic_scenes at 64 and 448 px.
 
-  .venv/bin/python bench/bench_pipeline.py [--dir data --batch 128 --steps 30]
+  .venv/bin/python bench/bench_pipeline.py [--dir data --batch 128 --steps 200]
 
 Cases (each: the labeled stream only, then with an unlabeled stream of the
 same size, which doubles the images per step):
@@ -11,7 +11,9 @@ same size, which doubles the images per step):
   448 px  variant "default" resized up to 448 by the same crop (what a
           448 px model trained on the default data would read).
 The first run generates the variants into --dir (img448 takes a minute).
-Prints examples/sec (labeled + unlabeled images) after a warm-up.
+Prints examples/sec (labeled + unlabeled images) over --steps steps (a
+fifth of them at 448 px) after a warm-up that fills the prefetch buffers;
+what is buffered at the start (a few batches) is noise against that count.
 """
 import argparse
 import itertools
@@ -26,7 +28,7 @@ SCALES = (1.0, 0.875, 0.75, 0.66, 0.5)
 
 
 def measure(data_dir, variant, image_size, crop_scales, batch, unlabeled,
-            steps, warmup=3):
+            steps, warmup=8):
   c = base_config()
   c.data.dir, c.data.variant = data_dir, variant
   c.data.image_size = image_size
@@ -48,15 +50,17 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dir", default="data")
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--steps", type=int, default=200)
   args = parser.parse_args()
-  print(f"{os.cpu_count()} CPU cores; global batch {args.batch}")
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  print(f"{os.cpu_count()} CPU cores (load average {load}); global batch "
+        f"{args.batch}")
   cases = [("default", 64, ()), ("default", 64, SCALES),
            ("img448", 448, SCALES), ("default", 448, SCALES)]
   for variant, size, scales in cases:
     for unlabeled in (0, args.batch):
       rate = measure(args.dir, variant, size, scales, args.batch, unlabeled,
-                     args.steps if size == 64 else max(5, args.steps // 3))
+                     args.steps if size == 64 else max(10, args.steps // 5))
       crop = "multi-scale crop" if scales else "no crop"
       stream = "+ unlabeled" if unlabeled else "labeled only"
       print(f"{variant:>8} -> {size:3d} px, {crop:16s} {stream:13s} "

@@ -75,6 +75,7 @@ def test_tfds_source(source):
   decoded = next(source.examples("train").as_numpy_iterator())
   encoded = next(source.encoded_examples("train").as_numpy_iterator())
   assert decoded["image"].tobytes() == expected["image"][0].tobytes()
-  assert isinstance(encoded["image"], bytes) and encoded["image"][:4] == b"\x89PNG"
+  assert isinstance(encoded["image"], bytes)
+  assert encoded["image"][:4] == b"\x89PNG"
   np.testing.assert_array_equal(
       tf.io.decode_png(encoded["image"], channels=3).numpy(), decoded["image"])

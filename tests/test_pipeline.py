@@ -67,11 +67,13 @@ def test_schema_and_dtypes(data_dir, source):
   assert set(lab) == {"image", "modality2", "feat_view2", "labels",
                       "label_mask", "index"}
   assert set(unl) == {"image", "modality2", "feat_view2", "index"}
-  assert lab["image"].shape == (32, 32, 32, 3) and lab["image"].dtype == np.float32
+  assert lab["image"].shape == (32, 32, 32, 3)
+  assert lab["image"].dtype == np.float32
   assert unl["image"].shape == (16, 32, 32, 3)
   assert lab["labels"].shape == (32, 20) and lab["labels"].dtype == np.float32
   assert lab["label_mask"].dtype == np.float32
-  assert lab["modality2"].shape == (32, 256) and lab["modality2"].dtype == np.float32
+  assert lab["modality2"].shape == (32, 256)
+  assert lab["modality2"].dtype == np.float32
   assert lab["index"].dtype == np.int32 and unl["index"].dtype == np.int32
   assert -2.2 < lab["image"].min() and lab["image"].max() < 2.7   # ImageNet
   c.data.unlabeled_batch_size = 0
@@ -262,7 +264,8 @@ def test_video_frames(data_dir):
   src = data_info.load(c.data)
   b = take(c, src, n=1)[0]
   lab = b["labeled"]
-  assert lab["frames"].shape == (32, 32, 64) and lab["frames"].dtype == np.float32
+  assert lab["frames"].shape == (32, 32, 64)
+  assert lab["frames"].dtype == np.float32
   assert lab["segment_labels"].shape == (32, 4, 20)
   assert "image" not in lab and set(b["unlabeled"]) == {"frames", "index"}
   np.testing.assert_array_equal(lab["labels"], lab["segment_labels"].max(1))
@@ -300,3 +303,70 @@ def test_eval_errors(data_dir, source):
   with pytest.raises(ValueError, match="divide by the 3 processes"):
     next(pipeline.eval_batches(c, source, "test", batch_size=32,
                                process_count=3))
+
+
+def test_crop_resize_matches_tf_crop_and_resize():
+  import tensorflow as tf
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (4, 40, 30, 3)).astype(np.uint8)
+  # Edges kept off 1.0: there TF's rounding can put the last sample past the
+  # image and fill it with 0, where ours clamps (the identity case below).
+  boxes = np.array([[0.02, 0.03, 0.96, 0.95], [0.1, 0.2, 0.7, 0.9],
+                    [0.3, 0.8, 0.9, 0.1], [0.5, 0.5, 0.97, 0.97]],
+                   np.float32)                              # row 2 mirrored
+  ours = pipeline._crop_resize(tf.constant(images), tf.constant(boxes), 24)
+  ref = tf.image.crop_and_resize(images, boxes, tf.range(4), (24, 24))
+  np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=0.05)
+  full = np.tile(np.float32([0, 0, 1, 1]), (4, 1))
+  same = pipeline._crop_resize(tf.constant(images[:, :24, :24]),
+                               tf.constant(full), 24)
+  np.testing.assert_array_equal(same.numpy(), images[:, :24, :24])  # identity
+
+
+class _FilesSource:
+  """Encoded images of different sizes, as the real-dataset readers give."""
+
+  def __init__(self):
+    import tensorflow as tf
+    from jaxmlc.data.info import DatasetInfo
+    rng = np.random.default_rng(0)
+    sizes = [(20, 30), (40, 24), (17, 17), (50, 60)] * 8
+    self.images = [rng.integers(0, 256, s + (3,), dtype=np.uint8)
+                   for s in sizes]
+    self.encoded = [tf.io.encode_png(im).numpy() for im in self.images]
+    self.labels = rng.integers(0, 2, (32, 5)).astype(np.uint8)
+    self.info = DatasetInfo(
+        name="files", class_names=tuple("abcde"), input_kind="image",
+        num_examples={"train": 32, "test": 32}, train_labels=self.labels,
+        train_label_mask=np.ones_like(self.labels), image_size=None)
+
+  def encoded_examples(self, split):
+    import tensorflow as tf
+    return tf.data.Dataset.from_tensor_slices({
+        "image": self.encoded, "labels": self.labels,
+        "label_mask": np.ones_like(self.labels), "index": np.arange(32),
+        "id": [f"{split}{i}" for i in range(32)]})
+
+  def examples(self, split):
+    raise AssertionError("variable sizes: the pipeline must use the bytes")
+
+
+def test_variable_size_encoded_images(data_dir):
+  import tensorflow as tf
+  source = _FilesSource()
+  c = make_config(data_dir, crop_scales=(1.0, 0.5), flip=True, resize_size=40)
+  lab = take(c, source, n=2)[1]["labeled"]
+  assert lab["image"].shape == (32, 32, 32, 3)
+  np.testing.assert_array_equal(lab["labels"], source.labels[lab["index"]])
+  batch = next(pipeline.eval_batches(c, source, "test", batch_size=8))
+  for row in range(8):
+    want = tf.image.resize(source.images[row].astype(np.float32), (32, 32),
+                           antialias=True).numpy() / 255.0
+    np.testing.assert_allclose(batch["labeled"]["image"][row], want,
+                               atol=1e-5)
+
+
+def test_raw_images_stay_decoded_when_large(data_dir, source, monkeypatch):
+  monkeypatch.setattr(pipeline, "DECODED_CACHE_BYTES", 0)
+  fresh = data_info.load(make_config(data_dir).data)
+  assert not pipeline._materialise(fresh, "test")["_encoded"]

@@ -57,8 +57,8 @@ def test_generation_is_deterministic_per_seed():
 def test_schema_and_ranges():
   a = ss.generate_split("train", 30, 32)
   assert a["image"].shape == (30, 32, 32, 3) and a["image"].dtype == np.uint8
-  assert a["modality2"].shape == (30, 256) and a["modality2"].dtype == np.float32
-  assert a["feat_view2"].shape == (30, 64) and a["feat_view2"].dtype == np.float32
+  for key, width in (("modality2", 256), ("feat_view2", 64)):
+    assert a[key].shape == (30, width) and a[key].dtype == np.float32
   assert a["labels"].shape == (30, C) and a["labels"].dtype == np.uint8
   assert set(np.unique(a["labels"])) <= {0, 1}
   counts = a["labels"].sum(1)
@@ -66,7 +66,8 @@ def test_schema_and_ranges():
   assert (a["label_mask"] == 1).all()
   assert a["image"].std() > 20        # clutter and objects, not a flat field
   unlabeled = ss.generate_split("unlabeled", 10, 32)
-  assert (unlabeled["labels"] == 0).all() and (unlabeled["label_mask"] == 0).all()
+  assert (unlabeled["labels"] == 0).all()
+  assert (unlabeled["label_mask"] == 0).all()
 
 
 def test_labels_co_occur_far_from_independence():
@@ -153,3 +154,16 @@ def test_unknown_variant_is_a_clear_error(data_dir):
   with pytest.raises(ValueError, match="variant='huge'.*Known variants: "
                                        "default, tiny"):
     data_info.load(_data_config(data_dir, "huge"))
+
+
+def test_summary_cli_writes_the_plots(data_dir, tmp_path):
+  from jaxmlc.data import summary
+  out = tmp_path / "summary"
+  summary.main(["--name", "synthetic_scenes", "--variant", "tiny", "--dir",
+                data_dir, "--out", str(out), "--examples", "4"])
+  assert (out / "examples.png").stat().st_size > 1000
+  assert (out / "cooccurrence.png").stat().st_size > 1000
+  text = summary.format_summary(
+      data_info.load(_data_config(data_dir)).info,
+      summary.label_statistics(ss.generate_split("train", 256, 8)["labels"]))
+  assert "top co-occurring pairs" in text and "lift" in text

@@ -37,8 +37,8 @@ def format_summary(info, stats: dict, num_pairs: int = 10) -> str:
   names = info.class_names
   lines = [f"dataset {info.name}: {info.num_classes} classes, input "
            f"{info.input_kind}"
-           + (f" {info.image_size}x{info.image_size}" if info.image_size else "")
-           + (f" frames {info.frames_shape}" if info.frames_shape else ""),
+           + (f" {info.image_size}px" if info.image_size else "")
+           + (f" {info.frames_shape}" if info.frames_shape else ""),
            "splits: " + ", ".join(f"{s} {n}" for s, n in
                                  sorted(info.num_examples.items())),
            "feature vectors: " + (", ".join(
@@ -57,7 +57,25 @@ def format_summary(info, stats: dict, num_pairs: int = 10) -> str:
         f"  {names[a]} + {names[b]}: {joint[a, b]:.3f}; "
         f"{cond[a, b]:.2f} vs {f[b]:.2f}; {cond[b, a]:.2f} vs {f[a]:.2f}; "
         f"lift {lift:.1f}")
+  lines.append("most avoided pairs (P(b|a) vs P(b); independence predicts "
+               ">= 20 together):")
+  for a, b in avoided_pairs(stats, len(info.train_labels)):
+    lift = joint[a, b] / max(f[a] * f[b], 1e-12)
+    lines.append(f"  {names[a]} + {names[b]}: {cond[a, b]:.3f} vs "
+                 f"{f[b]:.2f}; lift {lift:.2f}")
   return "\n".join(lines)
+
+
+def avoided_pairs(stats: dict, num_examples: int, k: int = 5):
+  """The k pairs a < b with the lowest lift among those independence
+  expects together at least 20 times."""
+  f, joint = stats["frequency"], stats["joint"]
+  expected = np.outer(f, f)
+  lift = np.where(np.triu(expected * num_examples >= 20, 1),
+                  joint / np.maximum(expected, 1e-12), np.inf)
+  flat = np.argsort(lift, axis=None, kind="stable")[:k]
+  return [tuple(int(i) for i in np.unravel_index(x, lift.shape))
+          for x in flat if np.isfinite(lift.flat[x])]
 
 
 def _label_text(names, labels, width=22) -> str:

@@ -47,8 +47,8 @@ class TfdsSource:
     self._check_split(split)
     feature = self.builder.info.features["image"]
     if not isinstance(feature, tfds.features.Image):
-      raise ValueError(f"{self.info.name} stores raw image arrays, not "
-                       "encoded files; use examples(split).")
+      raise NotImplementedError(f"{self.info.name} stores raw image arrays, "
+                                "not encoded files; use examples(split).")
     return self.builder.as_dataset(
         split=split, shuffle_files=False,
         decoders={"image": tfds.decode.SkipDecoding()})

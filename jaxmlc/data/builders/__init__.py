@@ -13,3 +13,5 @@ register("synthetic_scenes")(
 register("digits_mosaic")(
     local_tfds_loader(digits_mosaic.DigitsMosaic, "digits_mosaic"))
 from jaxmlc.data.builders import coco, vg200, voc  # noqa: E402,F401  (register on import)
+from jaxmlc.data.builders import nuswide, yt8m  # noqa: E402,F401  (register "nuswide", "yt8m_segments")
+from jaxmlc.data.builders import mirflickr, paired_features  # noqa: E402,F401  (register "mirflickr25k", "paired_features")

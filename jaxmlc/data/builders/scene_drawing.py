@@ -51,7 +51,8 @@ def sample_layout(rng: np.random.Generator, classes: np.ndarray) -> dict:
       "angle": rng.uniform(0, 2 * np.pi, (n, k)),
       "brightness": rng.uniform(0.75, 1.0, (n, k)),
       "tint": rng.normal(0, 0.05, (n, k, 3)),
-      "bg_base": rng.uniform(0.25, 0.6, (n, 1)) + rng.uniform(-0.1, 0.1, (n, 3)),
+      "bg_base": (rng.uniform(0.25, 0.6, (n, 1))
+                  + rng.uniform(-0.1, 0.1, (n, 3))),
       "wave_freq": rng.uniform(0.5, 4.0, (n, NUM_WAVES)),
       "wave_dir": rng.uniform(0, 2 * np.pi, (n, NUM_WAVES)),
       "wave_phase": rng.uniform(0, 2 * np.pi, (n, NUM_WAVES)),
@@ -121,7 +122,8 @@ def _paint_background(canvas, layout: dict, sl: slice, size: int, pad: int):
   by = ((f * np.sin(d))[:, :, None] * grid
         + layout["wave_phase"][sl][:, :, None])                     # [n, W, y]
   amp = layout["wave_amp"][sl]                                     # [n, W, 3]
-  base = np.broadcast_to(layout["bg_base"][sl][:, None, None, :], (n, 1, size, 3))
+  base = np.broadcast_to(layout["bg_base"][sl][:, None, None, :],
+                         (n, 1, size, 3))
   left = np.concatenate([np.cos(by)[:, :, :, None] * amp[:, :, None, :],
                          -np.sin(by)[:, :, :, None] * amp[:, :, None, :],
                          base], axis=1)                      # [n, 2W + 1, y, 3]
@@ -144,7 +146,7 @@ def _paint_background(canvas, layout: dict, sl: slice, size: int, pad: int):
   pos = (start[:, :, None, None, :] + along[None, None, :, None, None]
          * seg[:, :, None, None, :] + across[None, None, None, :, None]
          * width * normal[:, :, None, None, :])          # [n, L, P, Q, 2]
-  pix = (pos * size).astype(np.int32) + pad   # truncation = floor: pos >= 0
+  pix = (pos * size).astype(np.int32) + pad   # truncation: fine in the pad
   rows = np.arange(n, dtype=np.int32)[:, None, None, None]
   colour = _as_pixels(np.ascontiguousarray(layout["line_colour"][sl]))
   _as_pixels(canvas)[rows, pix[..., 1], pix[..., 0]] = colour[:, :, None, None]
