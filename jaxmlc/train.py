@@ -240,15 +240,51 @@ class Setup:
     return initial_state(self.method, self.phases, rng, batch)
 
 
-def setup(config, workdir: str) -> Setup:
-  """Validates the config against the devices and data, builds the method."""
+_CHOICES = {
+    "train.nan_policy": ("stop", "skip"),
+    "train.precision": ("float32", "bfloat16"),
+    "data.on_bad_example": ("fail", "skip"),
+    "data.normalize": ("imagenet", "none"),
+}
+# Backbones that downsample by 32 need at least one pixel at the last stage.
+_MIN_IMAGE_SIZE = 32
+
+
+def validate(config) -> None:
+  """Config errors people make, caught before any data is read or compiled."""
+  base.check_name(config.method)
+  proportion = config.data.known_label_proportion
+  if not 0.0 < proportion <= 1.0:
+    raise ValueError(
+        f"config.data.known_label_proportion={proportion} is outside (0, 1]: "
+        "it is the fraction of training labels kept as known (1.0 = all). "
+        "Use e.g. --config.data.known_label_proportion=0.3.")
+  for key, allowed in _CHOICES.items():
+    section, name = key.split(".")
+    value = config[section].get(name)
+    if value not in allowed:
+      raise ValueError(f"config.{key}={value!r}: expected one of "
+                       f"{', '.join(map(repr, allowed))}.")
+  for key in ("train.global_batch_size", "train.log_every"):
+    section, name = key.split(".")
+    if int(config[section][name]) <= 0:
+      raise ValueError(f"config.{key}={config[section][name]} must be > 0.")
+  backbone = config.model.get("backbone", "")
+  size = config.data.image_size
+  if backbone.startswith(("resnet", "vgg")) and size < _MIN_IMAGE_SIZE:
+    raise ValueError(
+        f"config.data.image_size={size} is too small for backbone "
+        f"{backbone!r}, which downsamples by 32; use at least "
+        f"{_MIN_IMAGE_SIZE} (e.g. --config.data.image_size=64).")
   check_batch_size(config.train.global_batch_size)
   if config.data.unlabeled_batch_size:
     check_batch_size(config.data.unlabeled_batch_size,
                      "data.unlabeled_batch_size")
-  if config.train.nan_policy not in ("stop", "skip"):
-    raise ValueError(f"config.train.nan_policy={config.train.nan_policy!r}: "
-                     "expected 'stop' or 'skip'.")
+
+
+def setup(config, workdir: str) -> Setup:
+  """Validates the config against the devices and data, builds the method."""
+  validate(config)
   source = data_info.load(config.data)
   info = source.info
   steps_per_epoch = pipeline.steps_per_epoch(config, info)

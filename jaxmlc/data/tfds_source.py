@@ -9,6 +9,8 @@ to the generation order, so TFDS reads back in index order.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 from typing import Callable
 
 import numpy as np
@@ -113,11 +115,18 @@ def local_tfds_loader(builder_cls, name: str) -> Callable[..., TfdsSource]:
     builder = builder_cls(config=variant, data_dir=data_config.dir)
     if not builder.is_prepared():
       # Generated from numpy or bundled files: never touches the network.
-      # Multi-host: every host generates identical files, or prepare once on
-      # a shared config.data.dir before launching.
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False,
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+      # A file lock lets processes sharing config.data.dir (several
+      # processes of one host) prepare it once; the rest wait and reuse it.
+      os.makedirs(data_config.dir, exist_ok=True)
+      with open(os.path.join(data_config.dir, f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        builder = builder_cls(config=variant, data_dir=data_config.dir)
+        if not builder.is_prepared():
+          builder.download_and_prepare(
+              download_config=tfds.download.DownloadConfig(
+                  try_download_gcs=False,
+                  compute_stats=tfds.download.ComputeStatsMode.SKIP))
+        fcntl.flock(lock, fcntl.LOCK_UN)
     return TfdsSource(info=dataset_info(builder, name), builder=builder)
 
   return loader

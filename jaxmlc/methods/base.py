@@ -80,17 +80,22 @@ def register(name: str):
   return wrap
 
 
-def build(config, dataset_info) -> Method:
-  """Builds `config.method` for a dataset; a clear error for unknown names."""
+def check_name(name: str) -> None:
+  """A clear error, with the closest known name, for an unknown method."""
   import jaxmlc.methods  # noqa: F401  (registers every method module)
-  name = config.method
   if name not in _REGISTRY:
-    close = difflib.get_close_matches(name, sorted(_REGISTRY), n=1)
+    known = sorted(n for n in _REGISTRY if not n.startswith("_"))
+    close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(
         f"config.method={name!r} is not a known method.{hint} "
-        f"Known methods: {', '.join(sorted(_REGISTRY))}.")
-  return _REGISTRY[name](config, dataset_info)
+        f"Known methods: {', '.join(known)}.")
+
+
+def build(config, dataset_info) -> Method:
+  """Builds `config.method` for a dataset; a clear error for unknown names."""
+  check_name(config.method)
+  return _REGISTRY[config.method](config, dataset_info)
 
 
 def available() -> list[str]:
