@@ -256,6 +256,20 @@ def _batch(seed=0, b=BATCH):
       "index": np.arange(b, dtype=np.int32)}}
 
 
+def _grad_fn(method):
+  """jit((variables, batch, step) -> (loss, aux, new_state, grads))."""
+  @jax.jit
+  def run(variables, batch, step):
+    def f(params):
+      loss, aux, new = method.loss_fn({**variables, "params": params}, batch,
+                                      jax.random.PRNGKey(1), step)
+      return loss, (aux, new)
+    (loss, (aux, new)), grads = jax.value_and_grad(f, has_aux=True)(
+        variables["params"])
+    return loss, aux, new, grads
+  return run
+
+
 @pytest.fixture(scope="module")
 def method():
   return hst.build(_config(threshold_relaxation="softplus"), _info())
@@ -263,7 +277,12 @@ def method():
 
 @pytest.fixture(scope="module")
 def variables(method):
-  return method.init(jax.random.PRNGKey(0), _batch())
+  return jax.jit(method.init)(jax.random.PRNGKey(0), _batch())
+
+
+@pytest.fixture(scope="module")
+def grad_fn(method):
+  return _grad_fn(method)
 
 
 def test_init_layout(method, variables):
@@ -298,27 +317,14 @@ def _ready(variables, seed=1):
                                  "prototypes_ready": jnp.ones(())}}
 
 
-def test_loss_fn_jit_finite_grads_and_schedule(method, variables):
-  batch, rng = _batch(), jax.random.PRNGKey(1)
-
-  @jax.jit
-  def run(variables, step):
-    def f(params):
-      loss, aux, new = method.loss_fn({**variables, "params": params}, batch,
-                                      rng, step)
-      return loss, (aux, new)
-    (loss, (aux, new)), grads = jax.value_and_grad(f, has_aux=True)(
-        variables["params"])
-    return loss, aux, new, grads
-
+def test_loss_fn_jit_finite_grads_and_schedule(variables, grad_fn):
   ready = _ready(variables)
   # Steps per epoch = 16 // 4 = 4: epoch 0 is steps 0..3.
   for step, on in ((2, 0.0), (4, 1.0), (9, 1.0)):
-    loss, aux, new, grads = run(ready, jnp.int32(step))
+    loss, aux, new, grads = grad_fn(ready, _batch(), jnp.int32(step))
     assert np.isfinite(float(loss))
     assert float(aux["pseudo_labels_on"]) == on
-    leaves = jax.tree.leaves(grads)
-    assert all(np.all(np.isfinite(g)) for g in leaves)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     assert set(new) == {"batch_stats", "state"}
     ramp = min(step / 4, 1.0)
     expected = (aux["loss_bce"] + 10.0 * ramp * aux["loss_cooc"]
@@ -331,8 +337,9 @@ def test_loss_fn_jit_finite_grads_and_schedule(method, variables):
     theta_grad = abs(float(grads["thresholds"]["ist"]))
     assert (theta_grad > 0) == bool(on)     # softplus DTL only once on
   # Before prototypes exist CST stays off even after the switch.
-  _, aux, _, _ = run(variables, jnp.int32(9))
+  _, aux, _, _ = grad_fn(variables, _batch(), jnp.int32(9))
   assert float(aux["cst_fill_rate"]) == 0.0
+  assert float(aux["loss_bce_cst"]) == float(aux["loss_bce"])
 
 
 def test_predict_fn_shapes(method, variables):
@@ -352,7 +359,7 @@ class _Env:
     self.messages.append(msg)
 
 
-def test_prototype_hook(method, variables):
+def test_prototype_hook(method, variables, grad_fn):
   batches = [_batch(3), _batch(4)]
   batches[1]["labeled"]["valid"] = np.array([1, 1, 0, 0], np.float32)
   env = _Env(batches)
@@ -369,54 +376,84 @@ def test_prototype_hook(method, variables):
   assert np.all(np.isfinite(protos))
   assert np.all((np.abs(protos).sum((1, 2)) > 0) == (pos.sum(0) > 0))
   assert env.messages and "k-means" in env.messages[0]
-  # The hook's prototypes are what the next loss uses.
-  loss, aux, _ = method.loss_fn(out, _batch(), jax.random.PRNGKey(0), 4)
-  assert np.isfinite(float(loss))
+  # The hook's prototypes feed the next loss (CST on, same compiled step).
+  loss, aux, _, _ = grad_fn(out, _batch(), jnp.int32(4))
+  assert np.isfinite(float(loss)) and float(aux["loss_prototype"]) > 0
 
 
-def test_a_few_steps_reduce_the_loss(method, variables):
+def test_a_few_steps_reduce_the_loss(method, variables, grad_fn):
   batch, tx = _batch(7), method.optimizer
-  params, opt_state = variables["params"], method.optimizer.init(
-      variables["params"])
-  others = {k: v for k, v in variables.items() if k != "params"}
-
-  @jax.jit
-  def step(params, opt_state, others, i):
-    def f(p):
-      loss, aux, new = method.loss_fn({**others, "params": p}, batch,
-                                      jax.random.PRNGKey(0), i)
-      return loss, (aux, new)
-    (loss, (_, new)), grads = jax.value_and_grad(f, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return jax.tree.map(jnp.add, params, updates), opt_state, new, loss
-
-  first = None
-  for i in range(8):
-    params, opt_state, new, loss = step(params, opt_state, others,
-                                        jnp.int32(8))
-    others = {**others, **new}
-    first = float(loss) if first is None else first
-  assert float(loss) < first
+  params = variables["params"]
+  opt_state = tx.init(params)
+  update = jax.jit(tx.update)
+  current, losses_seen = _ready(variables), []
+  for _ in range(6):
+    loss, _, new, grads = grad_fn(current, batch, jnp.int32(8))
+    updates, opt_state = update(grads, opt_state, current["params"])
+    params = jax.tree.map(jnp.add, current["params"], updates)
+    current = {**current, **new, "params": params}
+    losses_seen.append(float(loss))
+  assert losses_seen[-1] < losses_seen[0], losses_seen
 
 
-@pytest.mark.parametrize("overrides", [dict(use_sarl=False),
-                                       dict(use_dtl=False, use_cst=False)])
-def test_ablations_build_and_run(overrides):
-  method = hst.build(_config(**overrides), _info())
-  variables = method.init(jax.random.PRNGKey(0), _batch())
-  loss, aux, _ = jax.jit(method.loss_fn)(_ready(variables), _batch(),
-                                         jax.random.PRNGKey(0), jnp.int32(6))
-  assert np.isfinite(float(loss))
-  if not overrides.get("use_dtl", True):
-    grads = jax.grad(lambda p: method.loss_fn(
-        {**variables, "params": p}, _batch(), jax.random.PRNGKey(0), 6)[0])(
-            variables["params"])
-    updates, _ = method.optimizer.update(
-        grads, method.optimizer.init(variables["params"]), variables["params"])
-    assert float(updates["thresholds"]["ist"]) == 0.0   # frozen
-    assert float(aux["loss_instance"]) >= 0.0
+def test_ablation_without_sarl_and_dtl():
+  method = hst.build(_config(use_sarl=False, use_dtl=False), _info())
+  variables = _ready(jax.jit(method.init)(jax.random.PRNGKey(0), _batch()))
+  assert "decoupling" not in variables["params"]
+  assert "linear_classifier" in variables["params"]
+  loss, aux, _, grads = _grad_fn(method)(variables, _batch(), jnp.int32(6))
+  assert np.isfinite(float(loss)) and float(aux["loss_bce_ist"]) > 0
+  updates, _ = jax.jit(method.optimizer.update)(
+      grads, method.optimizer.init(variables["params"]), variables["params"])
+  assert float(updates["thresholds"]["ist"]) == 0.0     # frozen without DTL
+  assert float(jnp.abs(updates["ist_head"]["pair_proj"]["kernel"]).sum()) > 0
 
 
 def test_config_errors():
   with pytest.raises(ValueError, match="pseudo_label_epoch"):
     hst.hst_config(_config(pseudo_labels_epoch=3))
+  with pytest.raises(ValueError, match="threshold_relaxation"):
+    hst.hst_config(_config(threshold_relaxation="hard"))
+
+
+def test_label_vector_sources(tmp_path, monkeypatch):
+  info, cfg = _info(), hst.hst_config(_config())
+  known = np.ones_like(info.train_labels)
+  c = _config()
+  vectors, source = hst.label_vectors_for(c, info, known, cfg)
+  assert vectors.shape[0] == NUM_CLASSES and "ASGE" in source
+  np.save(tmp_path / "w.npy", np.ones((NUM_CLASSES, 7), np.float32))
+  c.model.word_vectors = str(tmp_path / "w.npy")
+  vectors, source = hst.label_vectors_for(c, info, known, cfg)
+  assert vectors.shape == (NUM_CLASSES, 7) and "w.npy" in source
+  # Without the ASGE method the fallback fits embeddings to the graph.
+  import types
+  monkeypatch.setitem(__import__("sys").modules, "jaxmlc.methods.asge",
+                      types.ModuleType("jaxmlc.methods.asge"))
+  c.model.word_vectors = ""
+  vectors, source = hst.label_vectors_for(c, info, known, cfg)
+  assert vectors.shape == (NUM_CLASSES, 256) and "fallback" in source
+
+
+def test_end_to_end_tiny_training(data_dir, tmp_path):
+  """Two epochs on the tiny embedded split: prototypes, pseudo labels, eval."""
+  import json
+  from _configs import tiny_config
+  from jaxmlc import train
+  c = tiny_config(data_dir, method="hst", steps=0, epochs=2, log_every=4,
+                  checkpoint_every=0)
+  for key, value in dict(feature_dim=16, attention_dim=8, output_dim=16,
+                         gnn_steps=2, word_vectors="").items():
+    c.model[key] = value
+  c.hst = dict(pseudo_label_epoch=1, prototype_every=1, num_prototypes=3,
+               kmeans_iters=5, label_embedding_steps=50)
+  workdir = str(tmp_path / "run")
+  out = train.train_and_evaluate(c, workdir)
+  assert 0.0 <= out["test"]["mAP"] <= 1.0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if '"loss_bce"' in line]
+  assert rows[-1]["loss_bce"] < rows[0]["loss_bce"]
+  assert rows[0]["pseudo_labels_on"] == 0.0 and rows[-1]["pseudo_labels_on"]
+  _, variables, _ = train.restore_for_inference(c, workdir)
+  assert float(variables["state"]["prototypes_ready"]) == 1.0
+  assert float(np.abs(variables["state"]["prototypes"]).sum()) > 0

@@ -1,4 +1,4 @@
-"""optim.make_optimizer: torch-style decay, schedules, frozen groups, lr groups."""
+"""make_optimizer: torch-style decay, schedules, frozen and lr groups."""
 import jax
 import jax.numpy as jnp
 import numpy as np

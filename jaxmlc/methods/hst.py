@@ -19,12 +19,30 @@ method section:
    the pair head and the semantic features.
 
 Targets arrive as complete labels `t` plus a known mask `m` (1 = known);
-only `pos = t * m` and `neg = (1 - t) * m` are ever used for training.
+only `pos = t * m` and `neg = (1 - t) * m` are ever used for training (the
+hidden labels only feed the logged precision of the filled entries).
+
+Schedule (all from the traced step, so one compiled step serves the run):
+epoch = step // steps_per_epoch with steps_per_epoch = N_train // global
+batch. L_cooc and L_instance ramp as min(1, step / steps_per_epoch). From
+epoch `pseudo_label_epoch` on: BCE on the IST- and CST-completed targets,
+L_dtl and L_prototype; the CST terms also wait for the first prototypes.
+Prototypes are computed by the epoch hook before epoch pseudo_label_epoch
+and every `prototype_every` epochs after.
+
+Variables: "params" (SARL, with the thresholds under params["thresholds"]
+{"ist", "cst"}), "batch_stats", and "state" = {"prototypes" f32 [C, K, d],
+"prototype_valid" f32 [C] (the class had known positives at the last
+k-means), "prototypes_ready" f32 []}; checkpoints carry all three.
+
+Gradients of L_dtl reach the thresholds and, as in the reference, the pair
+head and features through q; completed targets are stop-gradient.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import logging
 import os
 
@@ -43,17 +61,18 @@ log = logging.getLogger(__name__)
 
 # HST's own keys (`config.hst`); configs/hst_coco.py carries the paper's values.
 DEFAULTS = dict(
-    pseudo_label_epoch=5,        # IST/CST pseudo labels, DTL and L_prototype from here
+    pseudo_label_epoch=5,        # pseudo labels, DTL, L_prototype from here
     prototype_every=5,           # recompute prototypes every this many epochs
     num_prototypes=10,           # K per class
     kmeans_iters=50,
     kmeans_init="kmeans++",      # "kmeans++" | "random"
     kmeans_max_chunk_elements=1 << 27,
-    ist_threshold_init=1.0,      # theta_ist, theta_cst at step 0 (fixed when not use_dtl)
+    ist_threshold_init=1.0,      # theta_ist, theta_cst at step 0 (kept
+                                 # there when not use_dtl)
     cst_threshold_init=1.0,
-    threshold_relaxation="clip",  # "clip" (reference) | "softplus" (smooth clip)
+    threshold_relaxation="clip",  # "clip" (reference) | "softplus" (smooth)
     threshold_sharpness=10.0,    # softplus relaxation: larger = closer to clip
-    threshold_lr_multiplier=1.0,  # learning-rate factor of the "thresholds" group
+    threshold_lr_multiplier=1.0,  # lr factor of the "thresholds" group
     weight_ist_bce=1.0,          # BCE(t_ist) on the main logits
     weight_cst_bce=1.0,
     weight_cooc=10.0,            # L_cooc (ramped over epoch 0)
@@ -68,8 +87,8 @@ DEFAULTS = dict(
     use_cst=True,
     use_dtl=True,                # False: thresholds frozen at their init values
     use_sarl=True,               # False: backbone + GAP + linear classifier
-    label_embedding_dim=256,     # fallback label embeddings (no word vectors)
-    label_embedding_steps=300,
+    label_embedding_dim=256,     # label embeddings when no word vectors
+    label_embedding_steps=0,     # their fit steps; 0 = the fitter's default
 )
 # Model widths live in `config.model`; defaults are the paper's.
 MODEL_DEFAULTS = dict(feature_dim=1024, attention_dim=512, output_dim=1024,
@@ -83,12 +102,19 @@ def hst_config(config) -> ml_collections.ConfigDict:
   given = dict(config.get("hst", ml_collections.ConfigDict()))
   unknown = sorted(set(given) - set(DEFAULTS))
   if unknown:
-    hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, DEFAULTS, 1)[0]!r}?)"
-             if difflib.get_close_matches(k, DEFAULTS, 1) else repr(k)
-             for k in unknown]
-    raise ValueError(f"config.hst has unknown key(s) {', '.join(hints)}. "
-                     f"Known keys: {', '.join(sorted(DEFAULTS))}.")
-  return ml_collections.ConfigDict({**DEFAULTS, **given})
+    def hint(key):
+      close = difflib.get_close_matches(key, DEFAULTS, 1)
+      return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+    raise ValueError(f"config.hst has unknown key(s) "
+                     f"{', '.join(map(hint, unknown))}. Known keys: "
+                     f"{', '.join(sorted(DEFAULTS))}.")
+  cfg = ml_collections.ConfigDict({**DEFAULTS, **given})
+  for key, allowed in (("threshold_relaxation", ("clip", "softplus")),
+                       ("kmeans_init", ("kmeans++", "random"))):
+    if cfg[key] not in allowed:
+      raise ValueError(f"config.hst.{key}={cfg[key]!r}: expected one of "
+                       f"{allowed}.")
+  return cfg
 
 
 # ----------------------------------------------------------------------------
@@ -341,13 +367,19 @@ def label_vectors_for(config, info, known_mask, cfg) -> tuple[np.ndarray, str]:
       raise
     asge = None
   if asge is not None and hasattr(asge, "fit_label_embeddings"):
-    vectors = asge.fit_label_embeddings(info.train_labels, known_mask)
+    accepted = inspect.signature(asge.fit_label_embeddings).parameters
+    kwargs = {"dim": cfg.label_embedding_dim}
+    if cfg.label_embedding_steps > 0:
+      kwargs["steps"] = cfg.label_embedding_steps
+    vectors = asge.fit_label_embeddings(
+        info.train_labels, known_mask,
+        **{k: v for k, v in kwargs.items() if k in accepted})
     return np.asarray(vectors, np.float32), "ASGE embeddings of the label graph"
   from jaxmlc import labelgraph
   adjacency = labelgraph.symmetric_conditional_adjacency(info.train_labels,
                                                          known_mask)
   vectors = graph_label_embeddings(adjacency, cfg.label_embedding_dim,
-                                   cfg.label_embedding_steps)
+                                   cfg.label_embedding_steps or 300)
   return vectors, "cosine-fit embeddings of the label graph (HST fallback)"
 
 
@@ -429,8 +461,8 @@ def build_model(config, num_classes: int, backbone: nn.Module | None = None):
 
 
 @base.register("hst")
-def build(config, info, backbone: nn.Module | None = None) -> base.Method:
-  """HST for `info`'s dataset. `backbone` (tests) overrides the config's."""
+def build(config, info) -> base.Method:
+  """HST for `info`'s dataset (DatasetInfo: class names, train labels)."""
   if info.input_kind != "image":
     raise ValueError(f"method 'hst' needs images; dataset {info.name!r} gives "
                      f"{info.input_kind!r}.")
@@ -448,14 +480,13 @@ def build(config, info, backbone: nn.Module | None = None) -> base.Method:
   vectors, source = label_vectors_for(config, info, known, cfg)
   log.info("HST label vectors: %s, shape %s.", source, vectors.shape)
   label_vectors = jnp.asarray(vectors, jnp.float32)
-  model = build_model(config, num_classes, backbone)
+  model = build_model(config, num_classes)
   split = config.data.get("train_split", "train")
   steps_per_epoch = max(
       1, info.num_examples[split] // config.train.global_batch_size)
   dim = model.feature_dim
   relax = dict(relaxation=cfg.threshold_relaxation,
                sharpness=cfg.threshold_sharpness)
-  relax_threshold(jnp.zeros(()), 0.0, **relax)   # validate the name early
 
   def init(rng, batch):
     images = jnp.asarray(batch["labeled"]["image"])
@@ -552,7 +583,7 @@ def build(config, info, backbone: nn.Module | None = None) -> base.Method:
       method=SARL.semantic_features).astype(jnp.float16))
 
   def prototype_hook(variables, epoch, env):
-    """After epoch `epoch`: k-means prototypes when the next epoch needs them."""
+    """After epoch `epoch`: k-means prototypes if the next epoch needs them."""
     if not cfg.use_cst or not prototypes_due(epoch + 1, cfg):
       return variables
     rng = jax.random.fold_in(env.rng, epoch)

@@ -116,7 +116,7 @@ class PairHead(nn.Module):
 
   @nn.compact
   def __call__(self, semantic):
-    """semantic: [B, C, d] -> pair logits [B, P], pairs in hst.pair_index order."""
+    """semantic: [B, C, d] -> pair logits [B, P] in hst.pair_index order."""
     first, second = np.triu_indices(self.num_classes, k=1)
     g = nn.Dense(self.attention_dim, dtype=self.dtype, name="pair_proj")(
         semantic)                                                    # [B,C,I]
@@ -127,7 +127,8 @@ class PairHead(nn.Module):
     kernel = kernel.astype(self.dtype)
     left = g @ kernel[:self.attention_dim]                           # [B,C,D]
     right = g @ kernel[self.attention_dim:]
-    hidden = nn.relu(left[:, first] + right[:, second] + bias.astype(self.dtype))
+    bias = bias.astype(self.dtype)
+    hidden = nn.relu(left[:, first] + right[:, second] + bias)
     hidden = nn.Dense(self.output_dim, dtype=self.dtype, name="pair_hidden2")(
         hidden)                                                      # [B,P,D]
     return ElementwiseClassifier(len(first), dtype=self.dtype,
@@ -187,8 +188,8 @@ class SARL(nn.Module):
     """-> (semantic [B, C, d], pooled [B, d] or None)."""
     maps = self.backbone(images.astype(self.dtype), train=train)
     if self.feature_key not in maps:
-      raise KeyError(f"SARL expects the backbone to return {self.feature_key!r};"
-                     f" it returned {sorted(maps)}.")
+      raise KeyError(f"SARL expects the backbone to return "
+                     f"{self.feature_key!r}; it returned {sorted(maps)}.")
     f = self.reduce_bn(self.reduce_conv(maps[self.feature_key]),
                        use_running_average=not train)
     if not self.use_sarl:
