@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -78,7 +79,9 @@ def run(config, workdir: str, mode: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
+  # Our own progress and notices; libraries (orbax, tfds) only when they warn.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("jaxmlc").setLevel(logging.INFO)
   config = _CONFIG.value
   workdir = _WORKDIR.value or _default_workdir()
   from jaxmlc.checkpoint import CheckpointError

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxmlc.methods import mmdl
+from jaxmlc.methods import base, mmdl
 
 
 # ----------------------------------------------------------------------------
@@ -27,14 +27,16 @@ def numpy_eg(alpha, s, eta, gamma):
 
 def test_eg_update_stays_on_simplex():
   rng = np.random.default_rng(0)
-  for _ in range(20):
-    n = rng.integers(2, 10)
-    alpha = rng.dirichlet(np.ones(n))
-    s = rng.uniform(-1, 1, n) * rng.choice([1.0, 30.0])
-    new = np.asarray(mmdl.eg_update(alpha, s, eta=rng.uniform(0.01, 5),
-                                    gamma=rng.uniform(0, 2)))
-    assert np.all(new >= 0)
-    np.testing.assert_allclose(new.sum(), 1.0, atol=1e-6)
+  cases, n = 64, 7
+  alpha = rng.dirichlet(np.ones(n), cases)
+  s = rng.uniform(-1, 1, (cases, n)) * rng.choice([1.0, 30.0], (cases, 1))
+  eta, gamma = rng.uniform(0.01, 5, cases), rng.uniform(0, 2, cases)
+  new = np.asarray(jax.vmap(mmdl.eg_update)(alpha, s, eta, gamma))
+  assert np.all(new >= 0)
+  np.testing.assert_allclose(new.sum(-1), 1.0, atol=1e-6)
+  for i in range(cases):                    # and equals Algorithm 1
+    np.testing.assert_allclose(new[i], numpy_eg(alpha[i], s[i], eta[i],
+                                                gamma[i]), atol=1e-5)
 
 
 def test_eg_update_no_change_when_margin_holds():
@@ -137,6 +139,78 @@ def test_finetune_loss_is_sum_of_eq5_6_over_modalities():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_finetune_loss_sample_weights_leave_rows_out():
+  rng = np.random.default_rng(5)
+  logits = jnp.asarray(rng.normal(size=(6, 2, 4)), jnp.float32)
+  targets = (rng.random((6, 4)) < 0.5).astype(np.float32)
+  weight = np.array([1, 0, 1, 1, 0, 0], np.float32)
+  kept = weight > 0
+  np.testing.assert_allclose(
+      mmdl.finetune_loss(logits, targets, weight),
+      mmdl.finetune_loss(logits[kept], targets[kept]), rtol=1e-5)
+  np.testing.assert_allclose(mmdl.finetune_loss(logits, targets, np.ones(6)),
+                             mmdl.finetune_loss(logits, targets), rtol=1e-6)
+
+
+def test_fusion_holdout_every_kth_index():
+  np.testing.assert_array_equal(mmdl.fusion_holdout(np.arange(7), 3),
+                                [1, 0, 0, 1, 0, 0, 1])
+  np.testing.assert_array_equal(mmdl.fusion_holdout(np.arange(3), 0), [1, 1, 1])
+
+
+# ----------------------------------------------------------------------------
+# Thresholds.
+
+def test_choose_thresholds_hand_computed():
+  # Class 0: positives 0.9, 0.6; negatives 0.7, 0.2. Cuts (desc 0.9 .7 .6 .2):
+  # k=0: 2 errors, k=1: 1, k=2: 2, k=3: 1, k=4: 2 -> first best k=1, theta
+  # midway between 0.9 and 0.7 = 0.8.
+  # Class 1: perfectly separated at 0.4 | 0.3 -> theta 0.35.
+  # Class 2: no positive among known entries -> predict none: theta above
+  # the highest known score 0.5: (1 + 0.5) / 2 = 0.75 (0.95 is unknown).
+  scores = np.array([[0.9, 0.8, 0.5], [0.7, 0.4, 0.1],
+                     [0.6, 0.3, 0.2], [0.2, 0.1, 0.95]], np.float32)
+  labels = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]])
+  mask = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]])
+  np.testing.assert_allclose(mmdl.choose_thresholds(scores, labels, mask),
+                             [0.8, 0.35, 0.75], atol=1e-6)
+  # Ties: 0.5 (positive), 0.5 (negative) cannot be split; none or both
+  # predicted make one error each, the first (none) wins: (1 + 0.5) / 2.
+  # A class with nothing known keeps 0.5.
+  theta = mmdl.choose_thresholds(np.array([[0.5, 0.2], [0.5, 0.9]]),
+                                 np.array([[1, 1], [0, 0]]),
+                                 np.array([[1, 0], [1, 0]]))
+  np.testing.assert_allclose(theta, [0.75, 0.5], atol=1e-6)
+
+
+def test_thresholds_minimise_training_errors_against_brute_force():
+  rng = np.random.default_rng(6)
+  scores = rng.random((40, 5)).round(2)                  # ties included
+  labels = (rng.random((40, 5)) < scores).astype(int)
+  theta = mmdl.choose_thresholds(scores, labels)
+  candidates = np.unique(np.concatenate([scores.ravel(), [0.0, 1.0]]))
+  for c in range(5):
+    best = min(np.sum((scores[:, c] >= t) != labels[:, c]) for t in
+               np.concatenate([candidates, [1.01]]))
+    assert np.sum((scores[:, c] >= theta[c]) != labels[:, c]) == best
+
+
+def test_apply_thresholds_is_monotone_and_moves_theta_to_half():
+  theta = np.array([0.2, 0.5, 0.9], np.float32)
+  p = np.array([[0.1, 0.1, 0.1], [0.2, 0.5, 0.9], [0.6, 0.75, 0.95]],
+               np.float32)
+  got = np.asarray(mmdl.apply_thresholds(p, theta))
+  # 0.1/0.4 = 0.25, 0.1/1 = 0.1, 0.1/1.8; 0.5 at theta; above:
+  # 0.5 + 0.4/1.6 = 0.75, 0.5 + 0.25/1 = 0.75, 0.5 + 0.05/0.2 = 0.75.
+  np.testing.assert_allclose(got, [[0.25, 0.1, 0.1 / 1.8], [0.5] * 3,
+                                   [0.75] * 3], atol=1e-6)
+  grid = np.linspace(0, 1, 101, dtype=np.float32)[:, None].repeat(3, 1)
+  mapped = np.asarray(mmdl.apply_thresholds(grid, theta))
+  assert np.all(np.diff(mapped, axis=0) > 0) and mapped.min() >= 0
+  assert mapped.max() <= 1 + 1e-6
+  np.testing.assert_array_equal(mapped >= 0.5, grid >= theta)
+
+
 # ----------------------------------------------------------------------------
 # Triplets and the combination.
 
@@ -185,6 +259,80 @@ def test_combination_weights_and_scores():
                              np.einsum("bnc,n->bc", p, alpha), rtol=1e-6)
 
 
+def test_feature_types_follow_the_dataset():
+  from jaxmlc.data.info import DatasetInfo
+
+  def info(kind, dims):
+    return DatasetInfo(
+        name="x", class_names=("a", "b"), input_kind=kind,
+        num_examples={"train": 1}, train_labels=np.zeros((1, 2), np.uint8),
+        train_label_mask=np.ones((1, 2), np.uint8), feature_dims=dims)
+
+  scenes = info("image", {"modality2": 256, "feat_view2": 64})
+  assert mmdl.feature_types_of(scenes) == ("image", "modality2", "feat_view2")
+  assert mmdl.feature_types_of(scenes, ("feat_view2",)) == ("feat_view2",)
+  nuswide = info("features", {"features": 1134, "feat_wt": 128, "feat_ch": 64,
+                              "feat_bow": 500})
+  assert mmdl.feature_types_of(nuswide) == ("feat_bow", "feat_ch", "feat_wt")
+  with pytest.raises(ValueError, match="not offered"):
+    mmdl.feature_types_of(nuswide, ("image",))
+  assert mmdl.modality_names(("image", "feat_ch"), ("linear", "rbf")) == (
+      "image/linear", "image/rbf", "feat_ch/linear", "feat_ch/rbf")
+
+
+def _config_module(name):
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("name", ["mmdl_synthetic", "mmdl_nuswide"])
+def test_configs_name_every_key_and_valid_sweep_rows(name):
+  module = _config_module(name)
+  config = module.get_config()
+  assert set(config.mmdl) == set(mmdl.DEFAULTS)
+  mmdl.mmdl_config(config)                  # no unknown keys
+  rows = module.get_sweeps()["modalities"]["rows"]
+  names = [r[1]["mmdl.combine"][len("single:"):] for r in rows[:-2]]
+  assert len(names) == len(set(names)) == len(rows) - 2
+  assert all(mmdl.parse_single("single:" + n, names) == j
+             for j, n in enumerate(names))
+
+
+def test_nuswide_config_builds_on_feature_vectors():
+  """The NUS-WIDE path: only feat_<name> vectors (MLPs, no BatchNorm)."""
+  from jaxmlc.data.info import DatasetInfo
+  rng = np.random.default_rng(7)
+  labels = (rng.random((40, 4)) < 0.3).astype(np.uint8)
+  info = DatasetInfo(
+      name="nuswide", class_names=tuple("abcd"), input_kind="features",
+      num_examples={"train": 40, "test": 8}, train_labels=labels,
+      train_label_mask=np.ones_like(labels),
+      feature_dims={"features": 20, "feat_ch": 8, "feat_wt": 12})
+  config = _config_module("mmdl_nuswide").get_config()
+  config.train.global_batch_size = 8
+  config.mmdl.embedding_dim, config.mmdl.mlp_hidden = 8, (16,)
+  method = base.build(config, info)
+  batch = {"labeled": {
+      "feat_ch": rng.random((8, 8), np.float32),
+      "feat_wt": rng.random((8, 12), np.float32),
+      "labels": labels[:8].astype(np.float32),
+      "label_mask": np.ones((8, 4), np.float32), "index": np.arange(8)}}
+  variables = method.init(jax.random.PRNGKey(0), batch)
+  assert variables["params"]["label_embeddings"].shape == (2, 3, 4, 8)
+  loss, aux, new_state = jax.jit(method.loss_fn)(
+      variables, batch, jax.random.PRNGKey(1), 10_000)
+  assert np.isfinite(loss) and set(new_state) == {"batch_stats", "state"}
+  assert "alpha_feat_wt_rbf" in aux
+  scores = method.predict_fn(variables, batch["labeled"])
+  assert scores.shape == (8, 4)
+  assert np.all((np.asarray(scores) >= 0) & (np.asarray(scores) <= 1))
+
+
 def test_config_rejects_unknown_keys():
   c = ml_collections.ConfigDict({"mmdl": {"eg_etta": 0.1}})
   with pytest.raises(ValueError, match="eg_eta"):
@@ -200,11 +348,13 @@ def tiny_mmdl_config(data_dir):
   c.model.backbone = "alexnet8"
   c.data.known_label_proportion = 1.0
   c.optim.lr = 3e-3
+  c.train.global_batch_size = 32            # 8 steps an epoch
   c.train.log_every = 4
   c.train.checkpoint_every = 0
   c.mmdl = ml_collections.ConfigDict(dict(
       conv_features=(8, 8, 16, 16, 16), dense_features=32, embedding_dim=16,
-      mlp_hidden=(32,), dropout=0.1, pretrain_epochs=1, eg_eta=0.5))
+      mlp_hidden=(32,), dropout=0.1, pretrain_epochs=1, eg_eta=0.5,
+      holdout_every=2))
   return c
 
 
@@ -228,3 +378,8 @@ def test_end_to_end_tiny_training(data_dir, tmp_path):
   alpha = np.array([finetune[-1][k] for k in alphas])
   assert math.isclose(alpha.sum(), 1.0, abs_tol=1e-4)
   assert np.ptp(alpha) > 1e-4               # EG moved away from 1/N
+  # alpha and the thresholds of the epoch hook are in the checkpoint.
+  state = train.restore_for_inference(config, workdir)[1]["state"]
+  thresholds = np.asarray(state["thresholds"])
+  assert thresholds.shape == (20,) and np.any(thresholds != 0.5)
+  assert math.isclose(float(np.sum(state["alpha"])), 1.0, abs_tol=1e-5)

@@ -33,11 +33,29 @@ Choices where the seed is silent (all in `DEFAULTS`):
     its logits z_j = scale_j S_j, fitted with `losses.partial_bce` on the
     known training labels (gradient stopped at z_j, so calibration never
     changes the networks). EG runs on these P_j (so s_j in [-1, 1]) and the
-    final score sum_j alpha_j P_j is a convex combination of probabilities
-    in [0, 1]; predictions threshold it at 0.5 (no per-class thresholds).
+    fused score sum_j alpha_j P_j is a convex combination of probabilities
+    in [0, 1].
+  - Thresholds: a mixture of calibrated probabilities is not calibrated
+    (it leans to the middle), so an epoch hook picks per-class thresholds
+    of the fused score with the fewest training errors (`choose_thresholds`,
+    stored in variables["state"]["thresholds"]) and predict_fn maps each
+    threshold to 0.5 with a monotone per-class map (`apply_thresholds`:
+    AP unchanged, ">= 0.5" = ">= threshold"). `thresholds=False`: 0.5.
+  - Fusion hold-out (`holdout_every = k > 0`, off by default): training
+    rows with index % k == 0 are left out of the networks' fine-tuning and
+    are the only rows that fit the calibration, feed the EG triplets and
+    choose the thresholds, so alpha is learned on scores the networks have
+    not memorised (the seed's Algorithm 1 scores each triplet before the
+    networks train on it; repeated epochs lose that).
   - Each network's embedding ends in a LayerNorm, so the three measures see
-    embeddings of one scale (the RBF with sigma = 2 saturates otherwise);
-    scale_j is a learned temperature per modality (the seed's mu).
+    embeddings of one scale (the RBF with sigma = 2 saturates otherwise),
+    and the softmax of eq. 5 sees z_j = scale_j S_j with a learned
+    temperature scale_j per modality (cosine and RBF scores lie in [-1, 1]
+    and (0, 1], too flat for a softmax over C classes).
+  - EG rate: the seed's mu per measure (0.18 / 1) was cross-validated for
+    its own setup; `eg_eta = 0` (default) uses sqrt(2 ln N / T) for the T
+    triplets of the run, the textbook EG rate. A rate of 0.1 put all of
+    alpha on one modality within one epoch on the synthetic scenes.
   - Unknown labels (known_label_proportion < 1) count as negatives in the
     normalised targets of eq. 5-6 (the softmax covers every class); the
     calibration loss and the triplets use known entries only.
@@ -82,11 +100,14 @@ DEFAULTS = dict(
     scale_rbf=10.0,
     calibration_weight=1.0,
     calibration_lr_multiplier=10.0,
-    eg_eta=0.1,                # EG learning rate (the seed's mu)
+    eg_eta=0.0,                # EG learning rate (the seed's mu); 0: auto
     eg_gamma=0.5,              # hinge margin gamma on calibrated scores
     eg_start_epoch=0,          # fine-tuning epoch from which alpha learns
     triplets_per_batch=0,      # 0: one per labeled example of the batch
     combine="eg",              # "eg" | "uniform" | "single:<index or name>"
+    holdout_every=0,           # k > 0: train index % k == 0 is held out of
+                               # fine-tuning, for calibration, EG, thresholds
+    thresholds=True,           # per-class thresholds chosen on training data
     pretrain_epochs=0,         # > 0: denoising-autoencoder phase first
     pretrain_corruption=0.3,   # masking-noise probability
     pretrain_image_size=8,     # pixel DAE reconstructs this thumbnail
@@ -124,7 +145,7 @@ def feature_types_of(info, requested: Sequence[str] = ()) -> tuple[str, ...]:
   if "modality2" in dims:
     offered.append("modality2")
   offered += sorted(k for k in dims if k.startswith("feat_"))
-  if info.input_kind == "features" and not any(
+  if info.input_kind == "features" and "features" in dims and not any(
       k.startswith("feat_") for k in offered):
     offered.append("features")
   if not requested:
@@ -299,14 +320,21 @@ def mask_inputs(rng, inputs: Mapping[str, Any], probability: float):
 # ----------------------------------------------------------------------------
 # 3.3 Fine-tuning of every modality.
 
-def finetune_loss(logits, targets):
+def finetune_loss(logits, targets, sample_weight=None):
   """Eq. 5-7 per modality, summed over modalities.
 
-  logits: f32 [B, N, C]; targets: [B, C] in {0, 1}. Returns a scalar.
+  logits: f32 [B, N, C]; targets: [B, C] in {0, 1}; sample_weight: optional
+  [B] (0 = leave the row out, as the fusion hold-out). Returns the sum over
+  modalities of the weighted mean over rows of each row's eq. 6 loss.
   """
-  per_modality = jax.vmap(losses.normalized_target_ce, in_axes=(1, None))(
-      logits, targets)
-  return jnp.sum(per_modality)
+  def row_loss(z, t):                        # [C], [C] -> scalar
+    return losses.normalized_target_ce(z[None], t[None])
+  per_entry = jax.vmap(jax.vmap(row_loss, in_axes=(0, None)))(
+      logits, jnp.asarray(targets, jnp.float32))          # [B, N]
+  if sample_weight is None:
+    return jnp.sum(jnp.mean(per_entry, axis=0))
+  weight = jnp.asarray(sample_weight, jnp.float32)
+  return jnp.sum(weight @ per_entry) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 def calibration_loss(calibrated_logits, targets, mask):
@@ -394,6 +422,14 @@ def triplet_margins(scores, rows, positives, negatives, valid):
   return jnp.where(valid[:, None], s, 0.0)
 
 
+def eg_learning_rate(num_modalities: int, num_triplets: int) -> float:
+  """eta = sqrt(2 ln N / T): the textbook EG rate for T updates with
+  |s_j| <= 1 (regret O(sqrt(2 T ln N)) against the best fixed weights).
+  With a larger eta alpha collapses onto one modality within an epoch."""
+  return float(np.sqrt(2.0 * np.log(max(num_modalities, 2))
+                       / max(num_triplets, 1)))
+
+
 def combination_weights(combine: str, alpha, names: Sequence[str]):
   """The weights predict_fn uses: f32 [N] on the simplex."""
   n = len(names)
@@ -423,6 +459,62 @@ def combined_scores(probabilities, weights):
   return jnp.einsum("bnc,n->bc", probabilities, weights)
 
 
+def fusion_holdout(index, every: int):
+  """1 for training rows held out of fine-tuning (index % every == 0), else 0;
+  all ones when every = 0 (no hold-out: fusion uses every row). f32 [B]."""
+  index = jnp.asarray(index)
+  if every <= 0:
+    return jnp.ones(index.shape, jnp.float32)
+  return (index % every == 0).astype(jnp.float32)
+
+
+def choose_thresholds(scores, labels, mask=None) -> np.ndarray:
+  """Per-class thresholds with the fewest errors (Hamming loss) on a set.
+
+  For class c, predicting "score >= theta_c" for the k highest known
+  scores makes k - 2 TP(k) + P errors; the best k (cuts only between
+  distinct scores) gives theta_c midway between the k-th and (k+1)-th
+  score. Classes with no known entry keep 0.5.
+
+  Args (numpy): scores [N, C] in [0, 1]; labels [N, C]; mask [N, C] or None.
+  Returns:
+    f32 [C] in (0, 1).
+  """
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels) > 0.5
+  known = np.ones(scores.shape, bool) if mask is None else np.asarray(mask) > 0
+  # Known entries first in descending score order; unknown ones at the end.
+  order = np.argsort(np.where(known, -scores, np.inf), axis=0, kind="stable")
+  s = np.take_along_axis(scores, order, 0)
+  pos = np.take_along_axis(labels & known, order, 0)
+  count = known.sum(0)                                    # [C]
+  k = np.arange(scores.shape[0] + 1)[:, None]             # cut after k rows
+  tp = np.concatenate([np.zeros((1, scores.shape[1])), np.cumsum(pos, 0)])
+  errors = k - 2 * tp + pos.sum(0)
+  above = np.concatenate([np.full((1, s.shape[1]), 2.0), s])   # s_(k)
+  below = np.concatenate([s, np.full((1, s.shape[1]), -1.0)])  # s_(k+1)
+  below = np.where(k >= count, -1.0, below)
+  allowed = (k <= count) & (above > below)
+  best = np.argmin(np.where(allowed, errors, np.inf), axis=0)
+  cols = np.arange(scores.shape[1])
+  hi = np.minimum(above[best, cols], 1.0)
+  lo = np.maximum(below[best, cols], 0.0)
+  theta = np.where(count > 0, 0.5 * (hi + lo), 0.5)
+  return np.clip(theta, 1e-4, 1 - 1e-4).astype(np.float32)
+
+
+def apply_thresholds(scores, thresholds):
+  """Monotone per-class map of [0, 1] onto itself sending theta_c to 0.5.
+
+  p < theta: p / (2 theta); else 0.5 + (p - theta) / (2 (1 - theta)). Ranks
+  (and so AP) are unchanged and p' >= 0.5 iff p >= theta, so metrics that
+  threshold at 0.5 use the chosen thresholds. scores [B, C], thresholds [C].
+  """
+  low = scores / (2.0 * thresholds)
+  high = 0.5 + (scores - thresholds) / (2.0 * (1.0 - thresholds))
+  return jnp.where(scores < thresholds, low, high)
+
+
 # ----------------------------------------------------------------------------
 # The method.
 
@@ -435,15 +527,12 @@ def _prior_logits(info) -> np.ndarray:
   return np.log(frequency / (1 - frequency)).astype(np.float32)
 
 
-@base.register("mmdl")
-def build(config, info) -> base.Method:
+def build_model(config, info) -> tuple[MMDLNetworks, tuple[str, ...]]:
+  """The networks for `info`'s dataset and the N modality names."""
   cfg = mmdl_config(config)
   features = feature_types_of(info, tuple(cfg.feature_types))
   measures = tuple(cfg.measures)
   names = modality_names(features, measures)
-  num_modalities = len(names)
-  if cfg.combine not in ("eg", "uniform"):
-    parse_single(cfg.combine, names)     # a wrong name fails at build time
   if PIXELS in features and config.model.get("backbone", "alexnet8") not in (
       "alexnet8",):
     raise ValueError(
@@ -452,12 +541,7 @@ def build(config, info) -> base.Method:
         "--config.model.backbone=alexnet8 (widths in config.mmdl.conv_features"
         " / dense_features).")
   dims = dict(info.feature_dims)
-  missing = [f for f in features if f != PIXELS and f not in dims]
-  if missing:
-    raise ValueError(f"method 'mmdl': feature type(s) {missing} have no width"
-                     f" in dataset {info.name!r}'s feature_dims {dims}.")
   input_dims = tuple(0 if f == PIXELS else int(dims[f]) for f in features)
-  scale_init = tuple(float(cfg[f"scale_{m}"]) for m in measures)
   model = MMDLNetworks(
       feature_types=features, input_dims=input_dims,
       num_classes=info.num_classes, measures=measures,
@@ -465,36 +549,65 @@ def build(config, info) -> base.Method:
       conv_features=tuple(cfg.conv_features),
       dense_features=int(cfg.dense_features),
       mlp_hidden=tuple(cfg.mlp_hidden), dropout=float(cfg.dropout),
-      rbf_sigma=float(cfg.rbf_sigma), scale_init=scale_init,
+      rbf_sigma=float(cfg.rbf_sigma),
+      scale_init=tuple(float(cfg[f"scale_{m}"]) for m in measures),
       class_prior_logit=tuple(_prior_logits(info).tolist()),
       pretrain_image_size=int(cfg.pretrain_image_size),
       dtype=compute_dtype(config))
+  return model, names
+
+
+def model_inputs(model: MMDLNetworks, examples) -> dict:
+  """{feature type: batch field} for the model's feature types."""
+  missing = [f for f in model.feature_types if f not in examples]
+  if missing:
+    raise ValueError(
+        f"method 'mmdl': the batch has no {missing} (it has "
+        f"{sorted(examples)}). Fix: choose config.mmdl.feature_types from "
+        "the batch's fields.")
+  return {f: examples[f] for f in model.feature_types}
+
+
+def modality_probabilities(model: MMDLNetworks, variables, examples):
+  """Calibrated P_j(x, l) of every modality (eval mode): f32 [B, N, C]."""
+  out = model.apply({"params": variables["params"],
+                     "batch_stats": variables["batch_stats"]},
+                    model_inputs(model, examples), train=False)
+  return jax.nn.sigmoid(out["calibrated_logits"])
+
+
+@base.register("mmdl")
+def build(config, info) -> base.Method:
+  cfg = mmdl_config(config)
+  model, names = build_model(config, info)
+  features = model.feature_types
+  num_modalities = len(names)
+  if cfg.combine not in ("eg", "uniform"):
+    parse_single(cfg.combine, names)     # a wrong name fails at build time
   split = config.data.get("train_split", "train")
   steps_per_epoch = max(
       1, info.num_examples[split] // config.train.global_batch_size)
   pretrain_epochs = int(cfg.pretrain_epochs)
   num_triplets = int(cfg.triplets_per_batch) or int(
       config.train.global_batch_size)
-  eta, gamma = float(cfg.eg_eta), float(cfg.eg_gamma)
+  holdout_every = int(cfg.holdout_every)
   eg_start_step = (pretrain_epochs + int(cfg.eg_start_epoch)) * steps_per_epoch
+  total_steps = int(config.train.steps) or (
+      (pretrain_epochs + int(config.train.epochs)) * steps_per_epoch)
+  eta = float(cfg.eg_eta) or eg_learning_rate(
+      num_modalities, num_triplets * max(total_steps - eg_start_step, 1))
+  gamma = float(cfg.eg_gamma)
   alpha_keys = tuple("alpha_" + n.replace("/", "_") for n in names)
 
-  def inputs_of(examples):
-    missing = [f for f in features if f not in examples]
-    if missing:
-      raise ValueError(
-          f"method 'mmdl': the batch has no {missing} (it has "
-          f"{sorted(examples)}). Fix: choose config.mmdl.feature_types from "
-          "the batch's fields.")
-    return {f: examples[f] for f in features}
-
   def init(rng, batch):
-    variables = model.init(rng, inputs_of(batch["labeled"]),
+    variables = model.init(rng, model_inputs(model, batch["labeled"]),
                            method=MMDLNetworks.init_all)
     return {"params": variables["params"],
             "batch_stats": variables.get("batch_stats", {}),
             "state": {"alpha": jnp.full((num_modalities,),
-                                        1.0 / num_modalities, jnp.float32)}}
+                                        1.0 / num_modalities, jnp.float32),
+                      "thresholds": jnp.full((info.num_classes,), 0.5,
+                                             jnp.float32)}}
 
   def model_variables(variables):
     return {"params": variables["params"],
@@ -537,15 +650,21 @@ def build(config, info) -> base.Method:
     mask = jnp.asarray(labeled["label_mask"], jnp.float32)
     k_drop, k_triplets = jax.random.split(rng)
     out, updates = model.apply(
-        model_variables(variables), inputs_of(labeled), train=True,
+        model_variables(variables), model_inputs(model, labeled), train=True,
         mutable=["batch_stats"], rngs={"dropout": k_drop})
-    ce = finetune_loss(out["logits"], labels * mask)
-    calibration = calibration_loss(out["calibrated_logits"], labels, mask)
+    # Rows of the fusion hold-out train calibration and EG only.
+    held = (fusion_holdout(labeled["index"], holdout_every) if holdout_every
+            else jnp.ones(labels.shape[:1], jnp.float32))
+    fit = 1.0 - held if holdout_every else None
+    held_mask = mask * held[:, None]
+    ce = finetune_loss(out["logits"], labels * mask, fit)
+    calibration = calibration_loss(out["calibrated_logits"], labels,
+                                   held_mask)
     loss = ce + cfg.calibration_weight * calibration
 
     # Section 3.4 on this batch: EG over fixed-shape triplets.
     probabilities = lax.stop_gradient(jax.nn.sigmoid(out["calibrated_logits"]))
-    triplets = sample_triplets(k_triplets, labels, mask, num_triplets)
+    triplets = sample_triplets(k_triplets, labels, held_mask, num_triplets)
     margins = triplet_margins(probabilities, *triplets)
     alpha = variables["state"]["alpha"]
     new_alpha, active = eg_update_batch(alpha, margins, eta, gamma,
@@ -558,19 +677,48 @@ def build(config, info) -> base.Method:
                  calibration=calibration,
                  eg_active=jnp.where(eg_on, active_rate, 0.0))
     return loss, aux, {"batch_stats": updates.get("batch_stats", {}),
-                       "state": {"alpha": alpha}}
+                       "state": {**variables["state"], "alpha": alpha}}
 
-  def modality_probabilities(variables, examples):
-    """Calibrated P_j(x, l): f32 [B, N, C]."""
-    out = model.apply(model_variables(variables), inputs_of(examples),
-                      train=False)
-    return jax.nn.sigmoid(out["calibrated_logits"])
-
-  def predict_fn(variables, examples):
+  def fused_scores(variables, examples):
+    """sum_j w_j P_j for config.mmdl.combine, before thresholds: [B, C]."""
     weights = combination_weights(cfg.combine, variables["state"]["alpha"],
                                   names)
-    return combined_scores(modality_probabilities(variables, examples),
+    return combined_scores(modality_probabilities(model, variables, examples),
                            weights)
+
+  def predict_fn(variables, examples):
+    return apply_thresholds(fused_scores(variables, examples),
+                            variables["state"]["thresholds"])
+
+  fused_jit = jax.jit(fused_scores)
+
+  def threshold_hook(variables, epoch, env):
+    """After each epoch: per-class thresholds of the fused score, chosen on
+    the fusion hold-out (every training row when holdout_every = 0)."""
+    if not cfg.thresholds:
+      return variables
+    scores, labels, masks = [], [], []
+    fields = features + ("labels", "label_mask", "valid", "index")
+    for batch in env.train_batches():
+      dev = env.to_global({k: batch["labeled"][k] for k in fields})
+      host = {k: np.asarray(env.gather(dev[k]))
+              for k in ("labels", "label_mask", "valid", "index")}
+      keep = host["valid"] > 0
+      if holdout_every:
+        keep &= host["index"] % holdout_every == 0
+      scores.append(np.asarray(env.gather(fused_jit(variables, dev)))[keep])
+      labels.append(host["labels"][keep])
+      masks.append(host["label_mask"][keep])
+    thresholds = choose_thresholds(np.concatenate(scores),
+                                   np.concatenate(labels),
+                                   np.concatenate(masks))
+    old = variables["state"]["thresholds"]
+    new = (jax.device_put(thresholds, old.sharding)
+           if isinstance(old, jax.Array) else jnp.asarray(thresholds))
+    env.log(f"MMDL epoch {epoch}: thresholds of the {cfg.combine!r} score on "
+            f"{sum(len(x) for x in scores)} training rows, mean "
+            f"{float(thresholds.mean()):.3f}.")
+    return {**variables, "state": {**variables["state"], "thresholds": new}}
 
   multiplier = float(cfg.calibration_lr_multiplier)
   optimizer = optim.make_optimizer(
@@ -584,10 +732,11 @@ def build(config, info) -> base.Method:
     log.info("MMDL: %d epoch(s) of denoising-autoencoder pre-training (%s), "
              "then %d of fine-tuning.", pretrain_epochs,
              "unlabeled stream" if config.data.unlabeled_batch_size else
-             "labeled images without labels", int(config.train.epochs))
-  log.info("MMDL modalities (N=%d): %s.", num_modalities, ", ".join(names))
+             "the labeled batch's inputs", int(config.train.epochs))
+  log.info("MMDL modalities (N=%d): %s; EG eta %.4g, gamma %.3g from step "
+           "%d.", num_modalities, ", ".join(names), eta, gamma, eg_start_step)
   return base.Method(
       name="mmdl", init=init, loss_fn=loss_fn, predict_fn=predict_fn,
-      optimizer=optimizer, phases=phases,
+      optimizer=optimizer, phases=phases, epoch_hooks=(threshold_hook,),
       uses_unlabeled=pretrain_epochs > 0
       and bool(config.data.unlabeled_batch_size))
