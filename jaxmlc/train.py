@@ -50,8 +50,9 @@ def initialize_distributed(config) -> None:
       kwargs = dict(coordinator_address=dist.coordinator_address,
                     num_processes=int(dist.num_processes),
                     process_id=int(dist.process_id))
-  if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Must not touch the backend before initialize(); this option only
+  # matters to CPU devices (tests, CPU clusters) and is harmless elsewhere.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
 
 
