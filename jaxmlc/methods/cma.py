@@ -48,7 +48,8 @@ DEFAULTS = dict(
     word_vectors="",             # "glove": local .npy [C, E] or GloVe .txt
     embedding_dim=256,           # ASGE / word2vec width
     embedding_seed=0,
-    asge_alpha=None,             # None (images) | 0.1 (video, eq. 4-5)
+    asge_alpha=None,             # eq. 4-5; None: 0.1 for video, off for images
+                                 # (0.0 is "off" for video: A_ij >= 0)
     asge_steps=asge.DEFAULT_STEPS,
     word2vec_steps=2000,
     word2vec_negatives=5,
@@ -176,6 +177,8 @@ def label_embeddings_for(config, info, known_mask=None) -> tuple[np.ndarray, str
         negatives=cfg.word2vec_negatives, batch_size=cfg.word2vec_batch,
         seed=cfg.embedding_seed), "word2vec skip-gram on label sets")
   alpha = cfg.asge_alpha
+  if alpha is None and info.input_kind == "frames":
+    alpha = 0.1       # the paper's relaxation for large sparse video graphs
   return (asge.fit_label_embeddings(
       labels, known_mask, dim=cfg.embedding_dim, alpha=alpha,
       steps=cfg.asge_steps, seed=cfg.embedding_seed),

@@ -87,7 +87,9 @@ class ClassWiseClassifier(nn.Module):
   @nn.compact
   def __call__(self, features):
     dim = features.shape[-1]
-    w = self.param("kernel", nn.initializers.lecun_normal(),
+    # Row k is class k's Dense kernel: fan-in is the feature width.
+    w = self.param("kernel", nn.initializers.lecun_normal(in_axis=-1,
+                                                          out_axis=-2),
                    (self.num_classes, dim), jnp.float32)
     b = self.param("bias", nn.initializers.zeros, (self.num_classes,),
                    jnp.float32)

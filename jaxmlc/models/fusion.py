@@ -17,9 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-SQRT_EPS = 1e-8
-
-
 def group_sum_pool(x, group: int):
   """[..., m] -> [..., m / group]: sums of consecutive groups of `group`."""
   m = x.shape[-1]
@@ -30,9 +27,12 @@ def group_sum_pool(x, group: int):
 
 
 def signed_sqrt(x):
-  """sign(x) sqrt(|x|), written so the gradient stays finite at 0."""
-  return (jnp.sqrt(jnp.maximum(x, 0.0) + SQRT_EPS)
-          - jnp.sqrt(jnp.maximum(-x, 0.0) + SQRT_EPS))
+  """sign(x) sqrt(|x|); the double `where` gives gradient 0 at exactly 0
+  instead of torch MFB's inf * 0 = NaN."""
+  magnitude = jnp.abs(x)
+  nonzero = magnitude > 0
+  root = jnp.sqrt(jnp.where(nonzero, magnitude, 1.0))
+  return jnp.where(nonzero, jnp.sign(x) * root, 0.0)
 
 
 def l2_normalize(x, axis: int = -1):

@@ -70,18 +70,18 @@ class LabelGCN(nn.Module):
           f"{nodes.shape} and {adjacency.shape}. Fix: one row per label and "
           "the C x C label graph.")
     if self.weight_init not in INITS:
-      raise ValueError(f"LabelGCN weight_init={self.weight_init!r}; expected one of "
-                       f"{INITS}.")
+      raise ValueError(f"LabelGCN weight_init={self.weight_init!r}; expected "
+                       f"one of {INITS}.")
     width = nodes.shape[-1]
     hidden = self.hidden or 2 * width
     features = self.features or width
-    if self.weight_init == "identity" and (hidden, features) != (2 * width, width):
+    identity = self.weight_init == "identity"
+    if identity and (hidden, features) != (2 * width, width):
       raise ValueError(
           f"LabelGCN weight_init='identity' needs hidden=2K={2 * width} and "
           f"features=K={width}; got hidden={hidden}, features={features}. "
           "Fix: leave hidden/features at 0, or use weight_init='random'.")
-    initializer = (_signed_identity if self.weight_init == "identity"
-                   else _uniform_by_fan_out)
+    initializer = _signed_identity if identity else _uniform_by_fan_out
     h0 = self.param("h0", initializer, (width, hidden), jnp.float32)
     h1 = self.param("h1", initializer, (hidden, features), jnp.float32)
     adjacency = jnp.asarray(adjacency, self.dtype)

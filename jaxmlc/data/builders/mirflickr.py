@@ -206,8 +206,7 @@ class MirflickrSource(files.ImageListSource):
     return examples.map(with_tags)
 
 
-def _read_pairs(root: str, image_dir: str, annotation_dir: str,
-                min_count: int):
+def _read_pairs(image_dir: str, annotation_dir: str, min_count: int):
   """Labels [25000, C], class names, vocabulary and BOW [25000, V]."""
   names = files.list_files(annotation_dir)
   class_names = tuple(c for c in CONCEPTS if f"{c}.txt" in names)
@@ -216,9 +215,10 @@ def _read_pairs(root: str, image_dir: str, annotation_dir: str,
     logging.warning("%s: %s has no annotation file for %s; using the %d "
                     "concepts found.", NAME, annotation_dir, missing,
                     len(class_names))
-  numbers = [parse_image_numbers(files.read_text(
-      os.path.join(annotation_dir, f"{c}.txt")), os.path.join(
-          annotation_dir, f"{c}.txt")) for c in class_names]
+  numbers = []
+  for concept in class_names:
+    path = os.path.join(annotation_dir, f"{concept}.txt")
+    numbers.append(parse_image_numbers(files.read_text(path), path))
   present = files.list_files(image_dir)
   num_images = max([int(m.group(1)) for m in map(_IMAGE_FILE.match, present)
                     if m] + [0])
@@ -249,7 +249,7 @@ def load_mirflickr25k(data_config) -> MirflickrSource:
   image_dir = _image_dir(root)
   annotation_dir = _annotation_dir(root, image_dir)
   labels, class_names, vocabulary, bow = _read_pairs(
-      root, image_dir, annotation_dir,
+      image_dir, annotation_dir,
       int(data_config.get("mirflickr_min_tag_count", 20)))
   present = files.list_files(image_dir)
   has_image = np.array([f"im{n}.jpg" in present
