@@ -76,7 +76,7 @@ def paper_config(dataset: str, data_dir: str) -> ml_collections.ConfigDict:
   c.data.mask_seed = 0
   c.data.image_size = 448
   c.data.resize_size = 512
-  c.data.crop_scales = (512, 448, 384, 320, 256)
+  c.data.crop_scales = (1.0, 0.875, 0.75, 0.625, 0.5)   # sides 512..256 of 512
   c.data.flip = True
   c.data.normalize = "imagenet"
   c.data.unlabeled_batch_size = 0

@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.variant = "default"     # builder config (synthetic_scenes: image size, split sizes)
   c.data.dir = "data"            # TFDS data_dir / local dataset root
   c.data.train_split = "train"
+  c.data.train_examples = 0      # > 0: only the first N of train_split (scarce labels)
   c.data.test_split = "test"
   c.data.known_label_proportion = 1.0
   c.data.mask_seed = 0

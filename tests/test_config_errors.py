@@ -28,6 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      r"train.precision='fp16': expected one of 'float32', 'bfloat16'"),
     (lambda c: setattr(c.train, "nan_policy", "ignore"),
      r"nan_policy='ignore'"),
+    (lambda c: setattr(c.data, "crop_scales", (512, 448)),
+     r"crop_scales=\(512, 448\): crop sides are fractions"),
 ])
 def test_config_errors_are_clear(edit, message, tmp_path):
   config = tiny_config(str(tmp_path / "no_data_needed"))
@@ -60,3 +62,18 @@ def test_launcher_rejects_unknown_and_mistyped_keys(tmp_path):
   assert out.returncode != 0 and "stepz" in out.stderr
   out = _launch(f"--workdir={tmp_path}", "--config.train.steps=many")
   assert out.returncode != 0 and "steps" in out.stderr
+
+
+@pytest.mark.parametrize("path", sorted(
+    p for p in os.listdir(os.path.join(REPO, "configs")) if p.endswith(".py")))
+def test_every_shipped_config_passes_validation(path, monkeypatch):
+  """A paper config with a bad value would only fail on the real data."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "config_under_test", os.path.join(REPO, "configs", path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  # Batch sizes are checked against the devices of the run, not these 8.
+  monkeypatch.setattr(train, "check_batch_size", lambda *a, **k: None)
+  train.validate(config)

@@ -370,3 +370,21 @@ def test_raw_images_stay_decoded_when_large(data_dir, source, monkeypatch):
   monkeypatch.setattr(pipeline, "DECODED_CACHE_BYTES", 0)
   fresh = data_info.load(make_config(data_dir).data)
   assert not pipeline._materialise(fresh, "test")["_encoded"]
+
+
+def test_train_examples_keeps_the_first_rows(data_dir, raw_train):
+  c = make_config(data_dir, train_examples=64)
+  cut = data_info.load(c.data)
+  assert cut.info.num_examples["train"] == 64
+  assert cut.info.num_examples["test"] == N_TEST
+  np.testing.assert_array_equal(cut.info.train_labels,
+                                raw_train["labels"][:64])
+  assert pipeline.steps_per_epoch(c, cut.info) == 2
+  seen = np.concatenate([b["labeled"]["index"] for b in take(c, cut, n=6)])
+  assert set(seen.tolist()) == set(range(64))     # 3 epochs of rows 0..63
+  batch = take(c, cut, n=1)[0]["labeled"]
+  np.testing.assert_allclose(batch["image"] * 255.0,
+                             raw_train["image"][batch["index"]], atol=1e-3)
+  for bad in (-1, N_TRAIN + 1):
+    with pytest.raises(ValueError, match="config.data.train_examples"):
+      data_info.load(make_config(data_dir, train_examples=bad).data)

@@ -67,4 +67,51 @@ def load(data_config) -> DatasetSource:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"config.data.name={name!r} is not a known dataset.{hint} "
                      f"Known datasets: {', '.join(sorted(_SOURCES))}.")
-  return _SOURCES[name](data_config)
+  source = _SOURCES[name](data_config)
+  keep = int(data_config.get("train_examples", 0))
+  return subset_train(source, data_config.get("train_split", "train"),
+                      keep) if keep else source
+
+
+class _TrainSubset:
+  """`source` with its train split cut to the first `keep` examples (index
+  order), so a scarce-label run is one config key, not a new dataset."""
+
+  def __init__(self, source, split: str, keep: int):
+    self._source, self._split, self._keep = source, split, keep
+    info = source.info
+    sizes = dict(info.num_examples, **{split: keep})
+    self.info = dataclasses.replace(
+        info, num_examples=sizes, train_labels=info.train_labels[:keep],
+        train_label_mask=info.train_label_mask[:keep])
+
+  def __getattr__(self, name):       # everything else: the full source's
+    return getattr(self._source, name)
+
+  def _cut(self, split, ds):
+    if split != self._split:
+      return ds
+    keep = self._keep
+    return ds.filter(lambda ex: ex["index"] < keep)
+
+  def examples(self, split: str):
+    return self._cut(split, self._source.examples(split))
+
+  def encoded_examples(self, split: str):
+    if not hasattr(self._source, "encoded_examples"):
+      raise NotImplementedError(f"{self.info.name} stores decoded arrays.")
+    return self._cut(split, self._source.encoded_examples(split))
+
+
+def subset_train(source, split: str, keep: int):
+  """The first `keep` examples of `split` (`config.data.train_examples`)."""
+  size = source.info.num_examples.get(split)
+  if size is None:
+    raise ValueError(f"config.data.train_split={split!r} is not a split of "
+                     f"{source.info.name} "
+                     f"({', '.join(sorted(source.info.num_examples))}).")
+  if not 0 < keep <= size:
+    raise ValueError(f"config.data.train_examples={keep}: expected 1 to "
+                     f"{size} (the size of {source.info.name}/{split}), or 0 "
+                     "for the whole split.")
+  return _TrainSubset(source, split, keep)
