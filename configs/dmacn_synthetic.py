@@ -80,10 +80,27 @@ def get_config(arg=None):
   return c
 
 
+SCARCE = {"data.train_examples": 500, "train.global_batch_size": 50,
+          "data.unlabeled_batch_size": 50, "dmacn.warmup_epochs": 4,
+          "dmacn.pretrain_epochs": 24, "dmacn.pretrain_lr_drop_epochs": 16,
+          "dmacn.retrain_epochs": 6, "train.epochs": 34}
+
+
 def get_sweeps():
   """Rows train with identical data, seed and phase lengths."""
   metrics = ["OP", "OR", "OF1", "top3.OP", "top3.OR", "top3.OF1", "mAP"]
   return {
+      "scarce_probe": [
+          ("DMACN (full)", dict(SCARCE)),
+          ("no GCN", {**SCARCE, "dmacn.use_gcn": False}),
+          ("non-image baseline (G2+BCE)",
+           {**SCARCE, "dmacn.baseline_only": True,
+            "data.unlabeled_batch_size": 0}),
+      ],
+      "gcn_probe": [
+          ("GCN lr 1e-2", {**SCARCE, "dmacn.retrain_gcn_lr": 1e-2}),
+          ("GCN tau 0.6", {**SCARCE, "dmacn.adjacency_tau": 0.6}),
+      ],
       "ablation": {
           "rows": [
               ("DMACN (full)", {}),
