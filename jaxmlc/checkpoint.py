@@ -5,15 +5,22 @@ Layout under `WORKDIR/checkpoints/`:
   best/<step>/    the best by eval mAP
 Each step directory holds the state pytree ("state") and a JSON record
 ("meta": step, epoch, phase, method, backbone, data position, the tree's
-shapes). Orbax writes into a temporary directory and renames it when
-complete, so a save killed half way is never listed as a step; a committed
-checkpoint that fails to restore (truncated file) is skipped with a log line
-and the previous one is used.
+shapes). Orbax writes a step into `<step>.orbax-checkpoint-tmp-<time>/`,
+writes its commit marker (`commit_success.txt`, and the commit time in
+`_CHECKPOINT_METADATA`) and only then renames it to `<step>/`, so a save
+killed half way is never listed as a step: `restore` says so in the log
+and uses the newest committed step, and the trainer deletes such leftovers
+(`discard_interrupted_saves`). A step directory without a commit marker (a
+copy cut short, a filesystem without atomic renames) and a committed
+checkpoint that fails to restore (truncated file) are skipped with a log
+line in favour of the previous one.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -25,6 +32,36 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
   """A checkpoint that does not fit the run; nothing was loaded."""
+
+
+# What orbax names a step directory while it is being written, and the files
+# it writes just before renaming it (orbax 0.12: atomicity.py).
+_TMP_MARK = ".orbax-checkpoint-tmp"
+_COMMIT_FILE = "commit_success.txt"
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+def is_committed(step_dir: str) -> bool:
+  """Whether orbax finished `step_dir`: its commit file is there, or (older
+  orbax) its metadata records a commit time."""
+  if os.path.isfile(os.path.join(step_dir, _COMMIT_FILE)):
+    return True
+  try:
+    with open(os.path.join(step_dir, _STEP_METADATA)) as f:
+      return bool(json.load(f).get("commit_timestamp_nsecs"))
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def interrupted_saves(directory: str) -> list[tuple[int | None, str]]:
+  """(step, path) of each save under `directory` that never committed."""
+  out = []
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+    if _TMP_MARK in name:
+      head = name.split(".", 1)[0]
+      out.append((int(head) if head.isdigit() else None,
+                  os.path.join(directory, name)))
+  return out
 
 
 def tree_signature(tree) -> dict[str, str]:
@@ -99,6 +136,19 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                     metrics={"mAP": float(mAP)})
 
+  def interrupted_saves(self) -> list[tuple[int | None, str]]:
+    """(step, path) of the saves of both managers that never committed."""
+    return [x for manager in (self._latest, self._best)
+            for x in interrupted_saves(str(manager.directory))]
+
+  def discard_interrupted_saves(self) -> None:
+    """Deletes what killed saves left (a full state copy each). Only the
+    run that writes this workdir may call it, before its first save."""
+    for step, path in self.interrupted_saves():
+      log.warning("Deleting %s: the save of step %s was interrupted before "
+                  "it committed.", path, step)
+      shutil.rmtree(path, ignore_errors=True)
+
   def wait(self) -> None:
     self._latest.wait_until_finished()
     self._best.wait_until_finished()
@@ -121,11 +171,22 @@ class Checkpointer:
     manager = self._best if best else self._latest
     candidates = [step] if step is not None else sorted(manager.all_steps(),
                                                         reverse=True)
+    for killed, path in interrupted_saves(str(manager.directory)):
+      log.warning("Ignoring the save of step %s at %s: it was interrupted "
+                  "before it committed (the run was killed while saving). "
+                  "The newest committed checkpoint is used instead.",
+                  killed, path)
     if not candidates:
       return None, None
     want_sig = tree_signature(abstract_state)
     errors = []
     for s in candidates:
+      if not is_committed(os.path.join(str(manager.directory), str(s))):
+        errors.append(f"step {s}: no commit marker")
+        log.warning("Checkpoint at step %d has no commit marker (%s): it was "
+                    "not completely written; trying the previous one.", s,
+                    _COMMIT_FILE)
+        continue
       try:
         meta = self.read_meta(s, best=best)
       except Exception as e:  # unreadable JSON: a damaged step directory
@@ -145,7 +206,7 @@ class Checkpointer:
         continue
       if s != candidates[0]:
         log.warning("Resumed from step %d because newer checkpoints were "
-                    "damaged.", s)
+                    "damaged or incomplete.", s)
       return restored["state"], meta
     raise CheckpointError(
         f"No checkpoint under {manager.directory} could be restored: "

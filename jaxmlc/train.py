@@ -277,10 +277,35 @@ def validate(config) -> None:
         f"config.data.image_size={size} is too small for backbone "
         f"{backbone!r}, which downsamples by 32; use at least "
         f"{_MIN_IMAGE_SIZE} (e.g. --config.data.image_size=64).")
+  scales = tuple(config.data.get("crop_scales", ()))
+  if not all(0.0 < float(x) <= 1.0 for x in scales):
+    raise ValueError(
+        f"config.data.crop_scales={scales}: crop sides are fractions of the "
+        "resized image, each in (0, 1] (e.g. (1.0, 0.875, 0.75) for 512, "
+        "448, 384 px crops of a 512 px resize).")
   check_batch_size(config.train.global_batch_size)
   if config.data.unlabeled_batch_size:
     check_batch_size(config.data.unlabeled_batch_size,
                      "data.unlabeled_batch_size")
+
+
+def check_splits(config, info) -> None:
+  """The splits a run reads are not empty (e.g. every example skipped by
+  on_bad_example="skip"): refused now rather than at the first step or,
+  worse, at the evaluation after training."""
+  used = {"train_split": config.data.train_split,
+          "test_split": config.data.test_split}
+  if config.data.unlabeled_batch_size:
+    used["unlabeled"] = "unlabeled"
+  for key, split in used.items():
+    if info.num_examples.get(split, None) == 0:
+      where = (f"config.data.{key}={split!r}" if key != "unlabeled"
+               else "the 'unlabeled' split")
+      raise TrainingError(
+          f"{info.name}: {where} has no examples (with "
+          f"config.data.on_bad_example='skip' they may all have been skipped "
+          f"as bad: see the warnings above). Fix the data under "
+          f"config.data.dir={config.data.dir!r}, or choose another split.")
 
 
 def setup(config, workdir: str) -> Setup:
@@ -288,6 +313,7 @@ def setup(config, workdir: str) -> Setup:
   validate(config)
   source = data_info.load(config.data)
   info = source.info
+  check_splits(config, info)
   steps_per_epoch = pipeline.steps_per_epoch(config, info)
   method = base.build(config, info)
   phases = phases_of(method, config)
@@ -348,6 +374,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   expect = _meta_expect(config)
 
   restored, meta = checkpointer.restore(s.abstract_item, expect)
+  if is_main:   # before this run's first save; restore logged them
+    checkpointer.discard_interrupted_saves()
   if restored is not None:
     state = restored["train"]
     known_mask = np.asarray(restored["known_mask"])
@@ -360,6 +388,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     known_mask = s.known_mask
     start_step = 0
   s.probe = None
+  # Read the test split now: a bad file there stops the run before
+  # training, not at the evaluation after it.
+  next(pipeline.eval_batches(config, source, config.data.test_split,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count()), None)
 
   compiled_steps = {}
 
@@ -462,9 +495,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer.wait()
   writer.close()
   out = {"step": step, "test": results}
-  if is_main:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
+  if is_main:   # written whole or not at all: "results.json exists" = done
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
       json.dump(out, f, indent=2)
+    os.replace(path + ".tmp", path)
     eval_lib.write_plots(per_class, info.class_names,
                          os.path.join(workdir, "plots"))
   return out

@@ -28,6 +28,9 @@ The "unlabeled" split (unpaired images) is, in order of preference:
   else the 25K images that the filtering dropped (no label or no
       vocabulary tag: unpaired for this task).
 Images have different sizes: image_size is None and the pipeline resizes.
+config.data.on_bad_example also covers the annotation files: an image
+number outside 1..25000 and a labelled image whose file is missing are
+refused ("fail") or dropped with a counted warning ("skip").
 """
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ def parse_image_numbers(text: str, where: str) -> np.ndarray:
     line = line.strip()
     if not line:
       continue
-    if not line.isdigit():
+    if not (line.isascii() and line.isdigit()):   # int() refuses '²'
       raise files.AnnotationError(
           f"{where}: line {line_number} is {line[:40]!r}; expected an image "
           "number (im<n>.jpg), one a line")
@@ -101,16 +104,26 @@ def bag_of_words(tags_per_image, vocabulary) -> np.ndarray:
   return bow
 
 
-def concept_labels(numbers_per_concept, num_images: int) -> np.ndarray:
-  """uint8 [num_images, C] from each concept's (1-based) image numbers."""
+def concept_labels(numbers_per_concept, num_images: int,
+                   bad: files.BadExamples | None = None,
+                   names=None) -> np.ndarray:
+  """uint8 [num_images, C] from each concept's (1-based) image numbers.
+
+  An image number outside 1..num_images raises `AnnotationError`, or with
+  `bad` goes there (raised or counted by its policy) and is dropped.
+  names: C strings naming each concept's file in messages.
+  """
   labels = np.zeros((num_images, len(numbers_per_concept)), np.uint8)
   for c, numbers in enumerate(numbers_per_concept):
-    bad = numbers[(numbers < 1) | (numbers > num_images)]
-    if bad.size:
-      raise files.AnnotationError(
-          f"concept {c}: image number {int(bad[0])} is outside 1.."
-          f"{num_images}")
-    labels[numbers - 1, c] = 1
+    where = names[c] if names is not None else f"concept {c}"
+    outside = (numbers < 1) | (numbers > num_images)
+    for number in numbers[outside]:
+      problem = (f"{where}: image number {int(number)} is outside 1.."
+                 f"{num_images}")
+      if bad is None:
+        raise files.AnnotationError(problem)
+      bad(problem)
+    labels[numbers[~outside] - 1, c] = 1
   return labels
 
 
@@ -206,7 +219,8 @@ class MirflickrSource(files.ImageListSource):
     return examples.map(with_tags)
 
 
-def _read_pairs(image_dir: str, annotation_dir: str, min_count: int):
+def _read_pairs(image_dir: str, annotation_dir: str, min_count: int,
+                bad: files.BadExamples):
   """Labels [25000, C], class names, vocabulary and BOW [25000, V]."""
   names = files.list_files(annotation_dir)
   class_names = tuple(c for c in CONCEPTS if f"{c}.txt" in names)
@@ -215,14 +229,15 @@ def _read_pairs(image_dir: str, annotation_dir: str, min_count: int):
     logging.warning("%s: %s has no annotation file for %s; using the %d "
                     "concepts found.", NAME, annotation_dir, missing,
                     len(class_names))
-  numbers = []
+  numbers, paths = [], []
   for concept in class_names:
     path = os.path.join(annotation_dir, f"{concept}.txt")
     numbers.append(parse_image_numbers(files.read_text(path), path))
+    paths.append(path)
   present = files.list_files(image_dir)
   num_images = max([int(m.group(1)) for m in map(_IMAGE_FILE.match, present)
                     if m] + [0])
-  labels = concept_labels(numbers, max(num_images, NUM_IMAGES))
+  labels = concept_labels(numbers, max(num_images, NUM_IMAGES), bad, paths)
   tag_dir = os.path.join(image_dir, "meta", "tags")
   tag_files = files.list_files(tag_dir)
   tags = []
@@ -248,12 +263,18 @@ def load_mirflickr25k(data_config) -> MirflickrSource:
   policy = files.bad_example_policy(data_config)
   image_dir = _image_dir(root)
   annotation_dir = _annotation_dir(root, image_dir)
+  # Problems found before the split (labels of missing images): both splits.
+  bad = files.BadExamples(NAME, "train and test", policy)
   labels, class_names, vocabulary, bow = _read_pairs(
       image_dir, annotation_dir,
-      int(data_config.get("mirflickr_min_tag_count", 20)))
+      int(data_config.get("mirflickr_min_tag_count", 20)), bad)
   present = files.list_files(image_dir)
   has_image = np.array([f"im{n}.jpg" in present
                         for n in range(1, labels.shape[0] + 1)])
+  for n in np.flatnonzero(labels.any(axis=1) & ~has_image):
+    bad(f"{annotation_dir} labels im{n + 1}.jpg, which is missing from "
+        f"{image_dir}")
+  bad.log_summary()
   paired = labels.any(axis=1) & bow.any(axis=1) & has_image
   kept = np.flatnonzero(paired)
   test_size = int(data_config.get("mirflickr_test_size", 2000))

@@ -323,8 +323,9 @@ def _load_local(root: str, data_config, policy: str):
           "id": [ids[n] for n in index],
           "index": np.arange(len(index), dtype=np.int64)}
   if mode == "image":
-    info = files.make_info("nuswide", class_names, splits,
-                           data_config.get("image_size"))
+    # Flickr photos differ in size (and a skipped unreadable one is a 1x1
+    # blank): image_size None, so the pipeline keeps bytes and resizes.
+    info = files.make_info("nuswide", class_names, splits)
     return files.ImageListSource(info, splits, policy,
                                  files.parallel_calls(data_config))
   dims = {"features": sum(FEATURES[n] for n in wanted),

@@ -18,11 +18,19 @@ or, instead of train/test, one paired.npz split at random into test
 config.data.paired_split_seed (default 0).
 Arrays are read with allow_pickle=False: save strings as a numpy unicode
 array (np.array(names)), not objects.
+
+Bad input: arrays of different lengths, non-binary labels, NaN/Inf
+features, a file that is not an .npz are refused (AnnotationError naming
+the file) whatever config.data.on_bad_example says -- which rows pair up
+cannot be guessed; an empty split follows the policy ("fail": refused,
+"skip": a warning, and the trainer refuses a run that needs that split).
 """
 from __future__ import annotations
 
 import os
 from typing import Mapping
+import zipfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -68,7 +76,9 @@ def read_npz(path: str, required, optional=()) -> dict[str, np.ndarray]:
             f"Fix: save {list(required)} with np.savez.")
       return {k: np.asarray(data[k]) for k in (*required, *optional)
               if k in names}
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError,
+          zipfile.BadZipFile, zlib.error) as e:   # numpy's and zipfile's
+    # errors on a damaged file (RuntimeError: encrypted members)
     if isinstance(e, files.AnnotationError):
       raise
     raise files.AnnotationError(
@@ -79,6 +89,13 @@ def read_npz(path: str, required, optional=()) -> dict[str, np.ndarray]:
 def check_paired(arrays: Mapping[str, np.ndarray], where: str) -> None:
   """x1, x2, labels (and label_mask) must be 2-D with one row per example."""
   for key in (*_PAIRED, "label_mask"):
+    dtype = arrays[key].dtype if key in arrays else None
+    if dtype is not None and not (dtype == bool or np.issubdtype(
+        dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+      raise files.AnnotationError(
+          f"{where}: {key} has dtype {dtype}; expected a real number or bool "
+          "array (strings, complex or dates cannot be model inputs or "
+          "labels).")
     if key in arrays and arrays[key].ndim != 2:
       raise files.AnnotationError(
           f"{where}: {key} has shape {arrays[key].shape}; expected a 2-D "
@@ -193,8 +210,13 @@ def load_paired_features(data_config) -> PairedFeatureSource:
         paired, float(data_config.get("paired_test_fraction", 0.2)),
         int(data_config.get("paired_split_seed", 0)))
     splits = {"train": train, "test": test}
+  policy = files.bad_example_policy(data_config)
   for split in ("train", "test"):
     check_paired(splits[split], f"{NAME} {split} split ({root})")
+    if not len(splits[split]["labels"]):
+      bad = files.BadExamples(NAME, split, policy)
+      bad(f"the split is empty: no rows in {root}")
+      bad.log_summary()
   if os.path.isfile(path("unlabeled.npz")):
     unlabeled = read_npz(path("unlabeled.npz"), ("x1",))
     if unlabeled["x1"].ndim != 2 or not len(unlabeled["x1"]):

@@ -189,6 +189,25 @@ def index_records(paths: list[str]) -> list[dict]:
   return records
 
 
+_RECORD_LISTS = {"labels": int, "segment_labels": int,
+                 "segment_start_times": int, "segment_scores": (int, float)}
+
+
+def _valid_records(records) -> bool:
+  """Whether a cached index has the shape `index_records` returns (a cache
+  damaged on disk is indexed again rather than trusted)."""
+  def numbers(values, kind):
+    return isinstance(values, list) and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in values)
+  return isinstance(records, list) and all(
+      isinstance(r, dict)
+      and set(r) == {"id", "num_frames", *_RECORD_LISTS}
+      and isinstance(r["id"], str) and numbers([r["num_frames"]], int)
+      and all(numbers(r[k], kind) for k, kind in _RECORD_LISTS.items())
+      and len(r["segment_labels"]) == len(r["segment_start_times"])
+      == len(r["segment_scores"]) for r in records)
+
+
 def cached_index(root: str, split: str, paths: list[str]) -> list[dict]:
   cache = os.path.join(root, _CACHE)
   signature = _signature(paths)
@@ -197,11 +216,17 @@ def cached_index(root: str, split: str, paths: list[str]) -> list[dict]:
     try:
       with open(cache) as f:
         stored = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
       stored = {}
+  if not isinstance(stored, dict):
+    stored = {}
   entry = stored.get(split) if stored.get("version") == _CACHE_VERSION else None
-  if entry and entry.get("signature") == signature:
+  if (isinstance(entry, dict) and entry.get("signature") == signature
+      and _valid_records(entry.get("records"))):
     return entry["records"]
+  if entry is not None:
+    logging.warning("yt8m_segments: the cached index of %s in %s is stale or "
+                    "damaged; indexing the records again.", split, cache)
   records = index_records(paths)
   stored = stored if stored.get("version") == _CACHE_VERSION else {
       "version": _CACHE_VERSION}
