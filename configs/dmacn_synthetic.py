@@ -98,7 +98,7 @@ def get_sweeps():
             "data.unlabeled_batch_size": 0}),
       ],
       "gcn_probe": [
-          ("GCN lr 1e-2", {**SCARCE, "dmacn.retrain_gcn_lr": 1e-2}),
+          ("GCN lr 1e-4", {**SCARCE, "dmacn.retrain_gcn_lr": 1e-4}),
           ("GCN tau 0.6", {**SCARCE, "dmacn.adjacency_tau": 0.6}),
       ],
       "ablation": {
