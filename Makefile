@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: setup run test bench
+.PHONY: setup run test test-slow bench
 setup: $(STAMP)
 
 run: $(STAMP)
@@ -21,6 +21,10 @@ run: $(STAMP)
 # 8 fake CPU devices so the sharding tests see a mesh.
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+
+# The long ones (soak, multi-kill preemption): `-m slow` overrides addopts.
+test-slow: $(STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -m slow tests
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
