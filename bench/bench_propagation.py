@@ -19,8 +19,9 @@
     mean +- std over --seeds random labeled subsets.
 (b) Runtime of the improved propagation end to end (kNN + heat kernel + WCN
     + CG solve, C = 20 classes, 10% labeled) vs N for random features
-    D = 512, k = 10. One call per N, compilation included (printed apart
-    for the kNN search).
+    D = 512, k = 10. One call per N, compilation included. CPU s = process
+    time (both cores), load = the 1-minute load average after the row (the
+    box is shared: wall time grows with it, compare rows of one run).
 (c) Against scikit-learn's LabelSpreading(kernel="knn", n_neighbors=10,
     alpha=0.99) at N = 20k: a single-label mixture (10 classes x 5 noisy
     Gaussian blobs in 512-d, 2% labeled); accuracy of argmax over classes on the unlabeled
@@ -154,7 +155,7 @@ def part_b(args):
   print(f"(b) improved propagation end to end, random features D=512, k={K}, "
         f"C=20, {ITERATIONS} CG iterations, device {jax.devices()[0]}:")
   print(f"  {'N':>7s} {'tile':>11s} {'kNN s':>8s} {'WCN s':>7s} "
-        f"{'CG s':>7s} {'total s':>8s}")
+        f"{'CG s':>7s} {'total s':>8s} {'CPU s':>7s} {'load':>5s}")
   for n in [int(s) for s in args.sizes.split(",")]:
     rng = np.random.default_rng(n)
     x = rng.normal(size=(n, 512)).astype(np.float32)
@@ -163,7 +164,7 @@ def part_b(args):
     rows = rng.permutation(n)[: n // 10]
     y[rows, rng.integers(0, 20, rows.size)] = 1
     x, y = jax.device_put(x), jax.device_put(y)
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     indices, d2 = jax.block_until_ready(propagation.knn_graph(x, K))
     t1 = time.perf_counter()
     strength = jax.block_until_ready(propagation.wcn_strength(
@@ -171,10 +172,10 @@ def part_b(args):
     t2 = time.perf_counter()
     jax.block_until_ready(propagation.propagate(indices, strength, y, ALPHA,
                                                 ITERATIONS))
-    t3 = time.perf_counter()
+    t3, cpu = time.perf_counter(), time.process_time() - cpu0
     tile = "x".join(map(str, propagation.knn_tile_shape(n, K)))
     print(f"  {n:7d} {tile:>11s} {t1 - t0:8.2f} {t2 - t1:7.2f} {t3 - t2:7.2f} "
-          f"{t3 - t0:8.2f}", flush=True)
+          f"{t3 - t0:8.2f} {cpu:7.1f} {os.getloadavg()[0]:5.1f}", flush=True)
   print()
 
 

@@ -4,10 +4,12 @@ Pseudo labels for unlabeled images from the features of labeled + unlabeled
 images, in four pure steps:
 
 1. `knn_graph`: exact k nearest neighbours by blocked search on the
-   accelerator. Query blocks (`lax.map`) scan over database blocks
-   (`lax.scan`); each tile is one matmul + `lax.top_k`, merged into a
-   running top-k. The largest intermediate is one [query_block,
-   database_block] tile (`knn_tile_shape`), never N x N.
+   accelerator. One `lax.scan` over the tiles (i, j), i <= j, of square
+   point blocks; each tile is one matmul whose rows serve block i and whose
+   columns serve block j (half the flops of a full sweep), reduced by a
+   two-stage top-k (group minima, then the k best groups) and merged into
+   the blocks' running top-k. The largest intermediate is one [block,
+   block] tile (`knn_tile_shape`), never N x N.
 2. Edge weights: the heat kernel w(a, b) = exp(-||f_a - f_b||^2 / t), t the
    mean squared kNN distance (`affinity`).
 3. Improved propagation (MSCNN eq. 1): the weighted-common-neighbour link
@@ -36,7 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-DEFAULT_TILE_ELEMENTS = 1 << 24    # one kNN tile: 16M floats = 64 MB
+# One kNN tile: 2048 x 2048 floats = 16 MB. Its reductions then run from
+# cache; 4096 x 4096 tiles were 1.7x slower end to end on the 2-core CPU box.
+DEFAULT_TILE_ELEMENTS = 1 << 22
+KNN_GROUP = 16                     # columns per group in the two-stage top-k
 METHODS = ("improved", "lpa")
 AFFINITIES = ("heat", "connectivity", "cosine_cubed")
 
@@ -47,65 +52,128 @@ AFFINITIES = ("heat", "connectivity", "cosine_cubed")
 def knn_tile_shape(num_points: int, k: int,
                    max_tile_elements: int = DEFAULT_TILE_ELEMENTS
                    ) -> tuple[int, int]:
-  """(query_block, database_block) of the blocked search.
+  """(query_block, database_block) of the blocked search; always square.
 
-  Square tiles of side sqrt(max_tile_elements) (4096 by default), the
-  database side at least k + 1 (a tile's top-k must exist); neither side
-  exceeds num_points, so small problems run as one tile.
+  The points are cut into blocks of side sqrt(max_tile_elements) (2048 by
+  default), at least k + 1 (a tile's top-k must exist). Tiles are square
+  because one tile serves both of its blocks (the distance matrix is
+  symmetric). A side of KNN_GROUP * k or more is made a multiple of
+  KNN_GROUP (rounded down; a single block is rounded up instead, its
+  padding being free), so the two-stage top-k applies; smaller problems
+  run as one tile.
   """
   if num_points < k or k < 1:
     raise ValueError(f"knn_tile_shape: need 1 <= k <= N; found N={num_points}"
                      f", k={k}.")
-  database = min(num_points, max(k + 1, math.isqrt(max_tile_elements)))
-  query = min(num_points, max(1, max_tile_elements // database))
-  return query, database
+  side = min(num_points, max(k + 1, math.isqrt(max_tile_elements)))
+  if side >= KNN_GROUP * k:
+    side = (-(-side // KNN_GROUP) * KNN_GROUP if side == num_points
+            else side - side % KNN_GROUP)
+  return side, side
 
 
 def _pad_rows(x, rows: int):
   return jnp.pad(x, ((0, rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "query_block",
-                                             "database_block", "exclude_self"))
-def _knn_blocked(features, k, query_block, database_block, exclude_self):
+def _smallest_k(dot, key, k: int, axis: int):
+  """k smallest ranking keys of a tile along `axis`, per slice of the other.
+
+  dot: [B, B] tile of inner products; key(values, pos, query) -> keys maps
+  inner products at candidate positions `pos` (along `axis`) for query
+  positions `query` (broadcastable ints) to ranking keys (elementwise, so
+  XLA fuses it into the reductions instead of writing a distance tile).
+  Returns (keys [B, m], candidate positions [B, m]): m candidates per
+  query that hold its k smallest (the caller's merge takes the top-k).
+
+  Two stages when B is a multiple of KNN_GROUP with >= k groups: the minima
+  of the B / KNN_GROUP groups of KNN_GROUP keys, then the k groups with the
+  smallest minima: m = k * KNN_GROUP candidates. Exact: a group left out
+  has a minimum >= the k chosen groups' minima, i.e. >= k candidates. One
+  lax.top_k over [B, B] costs about as much as the tile's matmul on CPU;
+  this costs a min-reduction and a top-k over the group minima. Otherwise
+  a plain top-k, m = k.
+  """
+  size = dot.shape[axis]
+  g = KNN_GROUP
+  pos = jnp.arange(size)
+  if size % g or size // g < k:
+    if axis == 1:
+      keys = key(dot, pos[None, :], pos[:, None])
+    else:
+      keys = key(dot, pos[:, None], pos[None, :]).T
+    neg, best = lax.top_k(-keys, k)
+    return -neg, best
+  groups = size // g
+  if axis == 1:
+    keys = key(dot, pos[None, :], pos[:, None]).reshape(size, groups, g)
+    _, sel = lax.top_k(-jnp.min(keys, axis=2), k)            # [Q, k]
+    cand_pos = sel[:, :, None] * g + jnp.arange(g)            # [Q, k, g]
+    values = jnp.take_along_axis(dot, cand_pos.reshape(size, -1), axis=1)
+  else:
+    keys = key(dot, pos[:, None], pos[None, :]).reshape(groups, g, size)
+    _, sel = lax.top_k(-jnp.min(keys, axis=1).T, k)          # [Q, k]
+    cand_pos = sel[:, :, None] * g + jnp.arange(g)            # [Q, k, g]
+    values = dot[cand_pos.reshape(size, -1), pos[:, None]]
+  cand_pos = cand_pos.reshape(size, -1)
+  return key(values, cand_pos, pos[:, None]), cand_pos
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block", "exclude_self"))
+def _knn_blocked(features, k, block, exclude_self):
+  """Scan over the tiles (i, j), i <= j, of `block`-point blocks.
+
+  Tile (i, j) gives block i's candidates among block j (its rows) and,
+  for i < j, block j's among block i (its columns), so the distance
+  matrix's matmuls are done once per unordered pair: half the flops of a
+  query-block x database-block sweep. Each block's running top-k [B, k]
+  lives in the scan carry and is merged at indices i and j. Candidates are
+  ranked by ||x||^2 - 2 <q, x> (the query's own norm is the same for all
+  of them); squared distances are formed for the candidates only.
+  """
   n, dim = features.shape
-  num_q, num_d = -(-n // query_block), -(-n // database_block)
-  ids = jnp.arange(num_d * database_block)
-  database = _pad_rows(features, num_d * database_block)
-  db_norm = jnp.sum(database * database, axis=1)
-  tiles = (database.reshape(num_d, database_block, dim),
-           db_norm.reshape(num_d, database_block),
-           ids.reshape(num_d, database_block))
-  queries = _pad_rows(features, num_q * query_block)
-  query_ids = jnp.arange(num_q * query_block)
-  per_tile = min(k, database_block)
+  num = -(-n // block)
+  x = _pad_rows(features, num * block).reshape(num, block, dim)
+  norms = jnp.sum(x * x, axis=2)                                  # [nb, B]
+  ids = jnp.arange(num * block).reshape(num, block)
+  # Padded points are never candidates.
+  bias = jnp.where(ids < n, norms, jnp.inf)
+  pi, pj = np.triu_indices(num)
+  pairs = (jnp.asarray(pi, jnp.int32), jnp.asarray(pj, jnp.int32))
 
-  def search(args):
-    q, q_ids = args                                  # [Q, D], [Q]
-    q_norm = jnp.sum(q * q, axis=1)
+  def merge(best, at, cand_key, cand_pos):
+    best_dist, best_ids = best                                    # [nb, B, k]
+    d = jnp.concatenate([best_dist[at], cand_key], axis=1)        # [B, k + m]
+    i = jnp.concatenate([best_ids[at], cand_pos], axis=1)
+    neg, pos = lax.top_k(-d, k)
+    return (best_dist.at[at].set(-neg),
+            best_ids.at[at].set(jnp.take_along_axis(i, pos, axis=1)))
 
-    def merge(best, tile):
-      best_dist, best_ids = best                     # [Q, k]
-      x, x_norm, x_ids = tile
-      dot = jnp.matmul(q, x.T, precision=lax.Precision.HIGHEST)
-      dist = jnp.maximum(q_norm[:, None] + x_norm[None, :] - 2 * dot, 0.0)
-      invalid = (x_ids >= n)[None, :]
-      if exclude_self:
-        invalid = invalid | (x_ids[None, :] == q_ids[:, None])
-      dist = jnp.where(invalid, jnp.inf, dist)
-      neg, pos = lax.top_k(-dist, per_tile)
-      cand_dist = jnp.concatenate([best_dist, -neg], axis=1)
-      cand_ids = jnp.concatenate([best_ids, x_ids[pos]], axis=1)
-      neg, pos = lax.top_k(-cand_dist, k)
-      return (-neg, jnp.take_along_axis(cand_ids, pos, axis=1)), None
+  def tile(best, pair):
+    i, j = pair
+    dot = jnp.matmul(x[i], x[j].T, precision=lax.Precision.HIGHEST)  # [B, B]
+    same = (i == j) & exclude_self
 
-    init = (jnp.full((q.shape[0], k), jnp.inf, features.dtype),
-            jnp.full((q.shape[0], k), -1, ids.dtype))
-    (dist, nbrs), _ = lax.scan(merge, init, tiles)
-    return dist, nbrs
+    def keyed(b_cand):
+      def key(values, pos, query):
+        out = b_cand[pos] - 2 * values
+        return jnp.where(same & (pos == query), jnp.inf, out)
+      return key
 
-  dist, nbrs = lax.map(search, (queries.reshape(num_q, query_block, dim),
-                                query_ids.reshape(num_q, query_block)))
+    row_key, row_pos = _smallest_k(dot, keyed(bias[j]), k, axis=1)
+    col_key, col_pos = _smallest_k(dot, keyed(bias[i]), k, axis=0)
+    # Keys -> squared distances (clamped: rounding can dip below 0).
+    row_dist = jnp.maximum(row_key + norms[i][:, None], 0.0)
+    col_dist = jnp.maximum(col_key + norms[j][:, None], 0.0)
+    best = merge(best, i, row_dist, ids[j][row_pos])
+    # A diagonal tile's columns repeat its rows: contribute nothing.
+    best = merge(best, j, jnp.where(i == j, jnp.inf, col_dist),
+                 ids[i][col_pos])
+    return best, None
+
+  init = (jnp.full((num, block, k), jnp.inf, features.dtype),
+          jnp.full((num, block, k), -1, ids.dtype))
+  (dist, nbrs), _ = lax.scan(tile, init, pairs)
   return (nbrs.reshape(-1, k)[:n].astype(jnp.int32),
           dist.reshape(-1, k)[:n])
 
@@ -118,8 +186,8 @@ def knn_graph(features, k: int = 10, exclude_self: bool = True,
     features: [N, D] float (MSCNN: L2-normalised image features).
     k: neighbours per point.
     exclude_self: leave each point out of its own list.
-    max_tile_elements: size of the largest intermediate, one
-      [query_block, database_block] distance tile (`knn_tile_shape`).
+    max_tile_elements: size of the largest intermediate, one [block,
+      block] tile of inner products (`knn_tile_shape`).
   Returns:
     (indices int32 [N, k], squared distances float [N, k]), nearest first.
   """
@@ -131,9 +199,8 @@ def knn_graph(features, k: int = 10, exclude_self: bool = True,
   if n <= k if exclude_self else n < k:
     raise ValueError(f"knn_graph: need more points than neighbours; found "
                      f"N={n} points for k={k}. Fix: lower k.")
-  query, database = knn_tile_shape(n, k, max_tile_elements)
-  return _knn_blocked(features, k=k, query_block=query,
-                      database_block=database, exclude_self=exclude_self)
+  block, _ = knn_tile_shape(n, k, max_tile_elements)
+  return _knn_blocked(features, k=k, block=block, exclude_self=exclude_self)
 
 
 # ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Backbones: output shapes, frozen BatchNorm, bf16, the registry."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -274,3 +275,22 @@ def test_registry_errors():
     get_backbone("resnet18", depth=42).out_channels  # noqa: B018
   model = get_backbone("resnet50", width=8, name="backbone")
   assert model.name == "backbone" and model.out_channels["layer4"] == 256
+
+
+@pytest.mark.parametrize("size, stride", [(2, 1), (2, 2), (3, 2), (1, 1),
+                                          (5, 1)])
+def test_small_output_conv_equals_nn_conv(size, stride):
+  """The im2col path (outputs smaller than the kernel) and nn.Conv: same
+  parameters, same outputs and input gradients."""
+  from jaxmlc.models.resnet import SmallOutputConv
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 6))
+  args = dict(features=5, kernel_size=(3, 3), strides=(stride, stride),
+              padding=((1, 1), (1, 1)), use_bias=False)
+  plain, small = nn.Conv(**args), SmallOutputConv(**args)
+  variables = plain.init(jax.random.PRNGKey(1), x)
+  assert (jax.tree.map(jnp.shape, small.init(jax.random.PRNGKey(1), x))
+          == jax.tree.map(jnp.shape, variables))
+  np.testing.assert_allclose(small.apply(variables, x),
+                             plain.apply(variables, x), atol=1e-5)
+  grad = lambda m: jax.grad(lambda v: jnp.sum(m.apply(variables, v) ** 2))(x)
+  np.testing.assert_allclose(grad(small), grad(plain), atol=1e-4)

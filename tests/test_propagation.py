@@ -45,6 +45,45 @@ def test_knn_many_tiles_with_padding():
   np.testing.assert_array_equal(np.asarray(indices), _brute_knn(x, 5)[0])
 
 
+def test_knn_two_stage_top_k_over_many_blocks():
+  # Blocks of 64 (a multiple of KNN_GROUP with >= k groups) take the
+  # group-minimum path; 700 points leave a padded last block; both the row
+  # and the column (transposed) halves of the symmetric sweep are used.
+  x = _points(n=700, d=6, seed=2)
+  block, _ = propagation.knn_tile_shape(700, 3, 64 * 64)
+  assert block == 64 and block % propagation.KNN_GROUP == 0 and 700 % block
+  indices, dist = propagation.knn_graph(x, 3, max_tile_elements=64 * 64)
+  expected_idx, expected_dist = _brute_knn(x, 3)
+  np.testing.assert_array_equal(np.asarray(indices), expected_idx)
+  np.testing.assert_allclose(np.asarray(dist), expected_dist, rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_knn_single_block_rounded_up_and_self_kept():
+  # One block of 208 > 200 points (rounded up to KNN_GROUP; the padding
+  # must never be a neighbour), with and without the point itself.
+  x = _points(n=200, d=4, seed=7)
+  assert propagation.knn_tile_shape(200, 3) == (208, 208)
+  indices, _ = propagation.knn_graph(x, 3)
+  np.testing.assert_array_equal(np.asarray(indices), _brute_knn(x, 3)[0])
+  with_self, dist = propagation.knn_graph(x, 4, exclude_self=False)
+  np.testing.assert_array_equal(np.asarray(with_self)[:, 0], np.arange(200))
+  np.testing.assert_array_equal(np.asarray(with_self)[:, 1:],
+                                _brute_knn(x, 3)[0])
+  np.testing.assert_allclose(np.asarray(dist)[:, 0], 0.0, atol=1e-5)
+
+
+def test_knn_duplicates_give_exact_distances():
+  # Every point twice (ties everywhere): which copy comes first may differ
+  # from a stable sort, the distances may not; the twin is at distance 0.
+  base = _points(n=150, d=3, seed=8)
+  x = np.concatenate([base, base])
+  _, dist = propagation.knn_graph(x, 3, max_tile_elements=48 * 48)
+  np.testing.assert_allclose(np.asarray(dist), _brute_knn(x, 3)[1],
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dist)[:, 0], 0.0, atol=1e-5)
+
+
 def test_knn_keeps_self_when_asked():
   x = _points(n=20, d=3)
   indices, dist = propagation.knn_graph(x, 3, exclude_self=False)

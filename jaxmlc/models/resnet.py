@@ -33,14 +33,45 @@ TINY = {"depth": 10, "width": 16}
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+class SmallOutputConv(nn.Conv):
+  """nn.Conv computed as im2col + one matmul when its output is smaller than
+  its kernel (e.g. layer4 of a 64 px input: 2 x 2 maps under 3 x 3 kernels).
+
+  XLA's CPU convolution falls off a cliff on those shapes (~1.3 GFLOP/s
+  against 160+ elsewhere; a 3x3 512->512 conv on [32, 2, 2, 512] takes
+  ~470 ms) and so do its gradients; as a matmul it is ~100x faster. Same
+  parameter ("kernel" [kh, kw, Cin, F]) and the same numbers to float
+  round-off, so converted weights and checkpoints are unaffected. Other
+  shapes take nn.Conv's path unchanged.
+  """
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    (pt, pb), (pl, pr) = self.padding
+    sh, sw = self.strides
+    ho = (x.shape[1] + pt + pb - kh) // sh + 1
+    wo = (x.shape[2] + pl + pr - kw) // sw + 1
+    if min(ho, wo) >= max(kh, kw) or self.use_bias or x.ndim != 4:
+      return super().__call__(x)
+    kernel = self.param("kernel", self.kernel_init,
+                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    cols = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]      # [B, ho, wo, C] each
+    patches, kernel = nn.dtypes.promote_dtype(
+        jnp.concatenate(cols, axis=-1), kernel, dtype=self.dtype)
+    return patches @ kernel.reshape(-1, self.features)
+
+
 def _conv(features: int, kernel: int, stride: int, dtype: Any,
           name: str) -> nn.Conv:
   # Explicit symmetric pads (not "SAME"): "SAME" pads stride-2 convs
   # asymmetrically (0, 1), torch pads (p, p); converted weights would shift.
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=_conv_init, dtype=dtype, name=name)
+  return SmallOutputConv(features, (kernel, kernel), strides=(stride, stride),
+                         padding=((pad, pad), (pad, pad)), use_bias=False,
+                         kernel_init=_conv_init, dtype=dtype, name=name)
 
 
 def _batch_norm(use_running_average: bool, dtype: Any,
