@@ -26,5 +26,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -m slow tests
 
+# Every figure of bench/README.md (minutes to an hour on a 2-core CPU).
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_pipeline.py --dir data
+	$(PY) bench/bench_propagation.py --data_dir=data
+	$(PY) bench/bench_train_step.py --dir data
+	$(PY) bench/scaling_estimate.py
