@@ -41,6 +41,19 @@ def test_ist_pseudo_labels_hand_computed():
                                  [0.0, 0.0, 0.0]], atol=1e-6)
 
 
+def test_ist_scores_leave_one_out_hand_computed():
+  # The same three images: a known positive is scored from the other known
+  # positives only; unknown and negative entries keep their IST score.
+  probs = np.array([0.8, 0.2, 0.6])
+  pair_logits = np.tile(inv_sigmoid(probs), (3, 1)).astype(np.float32)
+  targets = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1]], np.float32)
+  mask = np.array([[1, 1, 0], [1, 1, 1], [1, 1, 0]], np.float32)
+  q = hst.ist_scores_leave_one_out(pair_logits, targets, mask)
+  np.testing.assert_allclose(q, [[0.0, 0.8, 0.2],     # lone positive: 0
+                                 [0.8, 0.8, 0.4],     # Q_01 for both
+                                 [0.0, 0.0, 0.0]], atol=1e-6)
+
+
 def test_ist_scores_match_dense_co_occurrence_matrix():
   rng = np.random.default_rng(0)
   b, c = 3, 6
@@ -407,6 +420,42 @@ def test_ablation_without_sarl_and_dtl():
       grads, method.optimizer.init(variables["params"]), variables["params"])
   assert float(updates["thresholds"]["ist"]) == 0.0     # frozen without DTL
   assert float(jnp.abs(updates["ist_head"]["pair_proj"]["kernel"]).sum()) > 0
+
+
+def test_thresholds_get_no_weight_decay():
+  # Coupled decay through Adam would move a threshold whose loss gradient is
+  # zero by a full lr step per step; the threshold group has no decay.
+  c = _config()
+  c.optim.weight_decay = 0.1
+  method = hst.build(c, _info())
+  params = jax.jit(method.init)(jax.random.PRNGKey(0), _batch())["params"]
+  grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = method.optimizer.update(grads, method.optimizer.init(params),
+                                       params)
+  assert float(updates["thresholds"]["ist"]) == 0.0
+  assert float(updates["thresholds"]["cst"]) == 0.0
+  assert float(jnp.abs(updates["backbone"]["stem"]["conv"]["kernel"]).sum()) > 0
+
+
+def test_cooc_known_pairs_only_and_isolated_aux_heads():
+  ready = {}
+  for known_only in (False, True):
+    c = _config(cooc_known_pairs_only=known_only, use_sarl=False)
+    c.model.isolate_aux = True
+    method = hst.build(c, _info())
+    variables = _ready(jax.jit(method.init)(jax.random.PRNGKey(0), _batch()))
+    loss, aux, _, grads = _grad_fn(method)(variables, _batch(), jnp.int32(2))
+    ready[known_only] = float(aux["loss_cooc"])
+    # L_cooc alone: its gradient reaches the pair head, never the backbone.
+    def cooc(params):
+      return method.loss_fn({**variables, "params": params}, _batch(),
+                            jax.random.PRNGKey(1), 2)[1]["loss_cooc"]
+    g = jax.grad(cooc)(variables["params"])
+    assert all(float(jnp.abs(x).sum()) == 0
+               for x in jax.tree.leaves(g["backbone"]))
+    assert float(jnp.abs(g["ist_head"]["pair_proj"]["kernel"]).sum()) > 0
+  # Fewer entries (pairs with an unknown label dropped): a different mean.
+  assert ready[True] != ready[False]
 
 
 def test_config_errors():

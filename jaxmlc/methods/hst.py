@@ -37,6 +37,14 @@ k-means), "prototypes_ready" f32 []}; checkpoints carry all three.
 
 Gradients of L_dtl reach the thresholds and, as in the reference, the pair
 head and features through q; completed targets are stop-gradient.
+
+Switches that depart from the reference (all off by default, on in
+configs/hst_synthetic.py, where they were measured to matter):
+`cooc_known_pairs_only` (L_cooc ignores pairs with an unknown label instead
+of counting them as negatives), `dtl_leave_one_out` (theta_ist is fitted on
+leave-one-out scores), `model.isolate_aux` (auxiliary heads do not pull on
+the backbone). Not a switch: the thresholds never get weight decay (see
+`hst_optimizer`).
 """
 from __future__ import annotations
 
@@ -83,6 +91,12 @@ DEFAULTS = dict(
     cooc_gamma_pos=1.0,
     cooc_gamma_neg=2.0,
     cooc_clip=0.05,
+    cooc_known_pairs_only=False,  # True: L_cooc only on pairs whose two
+                                  # labels are known (False, the reference:
+                                  # a pair with an unknown label is a negative)
+    dtl_leave_one_out=False,     # True: L_dtl_ist scores a known positive
+                                 # without its own Q_jj = 1 term (as an
+                                 # unknown entry is scored); False: reference
     use_ist=True,                # ablations
     use_cst=True,
     use_dtl=True,                # False: thresholds frozen at their init values
@@ -92,7 +106,8 @@ DEFAULTS = dict(
 )
 # Model widths live in `config.model`; defaults are the paper's.
 MODEL_DEFAULTS = dict(feature_dim=1024, attention_dim=512, output_dim=1024,
-                      gnn_steps=3, word_vectors="")
+                      gnn_steps=3, word_vectors="", reduce_norm=True,
+                      fine_feature_key="", isolate_aux=False)
 
 _EPS = 1e-9
 
@@ -167,6 +182,22 @@ def ist_scores(pair_logits, targets, mask):
   pos = targets * mask
   return jnp.einsum("bji,bi->bj", q, pos) / jnp.maximum(
       1.0, jnp.sum(pos, -1, keepdims=True))
+
+
+def ist_scores_leave_one_out(pair_logits, targets, mask):
+  """q [B, C] with each known positive scored from the *other* positives.
+
+  q_j = sum_{i != j} Q_ji pos_i / max(1, sum_{i != j} pos_i): equal to
+  `ist_scores` for unknown and negative entries; a known positive loses its
+  own Q_jj = 1 term, so it is scored the way an unknown entry is. Used (with
+  `dtl_leave_one_out`) only to fit theta_ist: with the self term every known
+  positive of an image with one known positive scores 1, and DTL drags the
+  threshold down (measured: 0.5 -> 0.22, IST fills at 26% precision).
+  """
+  pos = targets * mask
+  n = jnp.sum(pos, -1, keepdims=True)
+  total = ist_scores(pair_logits, targets, mask) * jnp.maximum(1.0, n)
+  return (total - pos) / jnp.maximum(1.0, n - pos)
 
 
 def ist_pseudo_labels(pair_logits, targets, mask, threshold,
@@ -455,6 +486,9 @@ def build_model(config, num_classes: int, backbone: nn.Module | None = None):
   return SARL(backbone=backbone, num_classes=num_classes,
               feature_dim=mcfg.feature_dim, attention_dim=mcfg.attention_dim,
               output_dim=mcfg.output_dim, gnn_steps=mcfg.gnn_steps,
+              reduce_norm=mcfg.reduce_norm,
+              fine_feature_key=mcfg.fine_feature_key,
+              isolate_aux=mcfg.isolate_aux,
               use_sarl=cfg.use_sarl, ist_threshold_init=cfg.ist_threshold_init,
               cst_threshold_init=cfg.cst_threshold_init,
               dtype=_compute_dtype(config))
@@ -522,7 +556,9 @@ def build(config, info) -> base.Method:
 
     # IST: scores, pseudo labels, completed targets (hard rule, no gradient).
     q_ist = ist_scores(pair_logits, t, m)
-    r_ist = relax_threshold(q_ist, theta_ist, **relax)
+    q_dtl = (ist_scores_leave_one_out(pair_logits, t, m)
+             if cfg.dtl_leave_one_out else q_ist)
+    r_ist = relax_threshold(q_dtl, theta_ist, **relax)
     t_ist, m_ist = complete_targets(t, m, sg(jnp.clip(q_ist - theta_ist, 0, 1)))
     # CST: the same from prototype similarity (classes without prototypes: 0).
     q_cst = prototype_similarity(s, state["prototypes"])
@@ -536,7 +572,9 @@ def build(config, info) -> base.Method:
         "bce_cst": losses.partial_bce(logits, t_cst, m_cst),
         "cooc": losses.asymmetric_loss(
             pair_logits, pair_targets(t, m), gamma_pos=cfg.cooc_gamma_pos,
-            gamma_neg=cfg.cooc_gamma_neg, clip=cfg.cooc_clip),
+            gamma_neg=cfg.cooc_gamma_neg, clip=cfg.cooc_clip,
+            mask=pair_targets(jnp.ones_like(m), m)
+            if cfg.cooc_known_pairs_only else None),
         "dtl_ist": differential_threshold_loss(r_ist, t, m),
         "dtl_cst": differential_threshold_loss(r_cst, t, m * proto_valid),
         "instance": instance_loss(s, t, m, rng),
@@ -603,12 +641,37 @@ def build(config, info) -> base.Method:
             f"{int(valid.sum())}/{num_classes} classes with positives.")
     return {**variables, "state": new}
 
-  frozen = None if cfg.use_dtl else (lambda path: path[:1] == ("thresholds",))
-  multipliers = ({"thresholds": cfg.threshold_lr_multiplier}
-                 if cfg.threshold_lr_multiplier != 1.0 else None)
   return base.Method(
       name="hst", init=init, loss_fn=loss_fn, predict_fn=predict_fn,
-      optimizer=optim.make_optimizer(config, steps_per_epoch,
-                                     extra_frozen=frozen,
-                                     lr_multipliers=multipliers),
+      optimizer=hst_optimizer(config, cfg, steps_per_epoch),
       epoch_hooks=(prototype_hook,))
+
+
+def hst_optimizer(config, cfg, steps_per_epoch: int):
+  """The run's optimizer, with the DTL thresholds in a group of their own.
+
+  The thresholds get no weight decay: with coupled decay and Adam, a
+  threshold whose loss gradient is zero (before pseudo_label_epoch, or while
+  the clip is flat) would receive the normalised decay alone and walk to 0
+  at the full learning rate (measured: 0.5 -> 0.24 in 160 steps at lr 2e-3),
+  silently changing the pseudo-label rule. They are frozen without DTL and
+  use lr x threshold_lr_multiplier.
+  """
+  is_threshold = lambda path: path[:1] == ("thresholds",)
+  model_tx = optim.make_optimizer(config, steps_per_epoch,
+                                  extra_frozen=is_threshold)
+  if cfg.use_dtl and cfg.threshold_lr_multiplier != 0:
+    plain = config.copy_and_resolve_references()
+    plain.optim.weight_decay = 0.0
+    plain.optim.grad_clip = 0.0
+    threshold_tx = optim.make_optimizer(
+        plain, steps_per_epoch,
+        lr_multipliers={"thresholds": cfg.threshold_lr_multiplier})
+  else:
+    threshold_tx = optax.set_to_zero()
+
+  def labels(params):
+    return {k: jax.tree.map(lambda _: "thresholds" if k == "thresholds"
+                            else "model", v) for k, v in params.items()}
+  return optax.multi_transform({"model": model_tx, "thresholds": threshold_tx},
+                               labels)

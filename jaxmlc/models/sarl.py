@@ -152,11 +152,22 @@ class SARL(nn.Module):
 
   backbone: a module with `__call__(x, train) -> {"layer4": [B, h, w, c],...}`
     (`jaxmlc.models.get_backbone`); becomes the submodule "backbone".
-  use_sarl=False is the ablation without semantic decoupling and GNN: the
-    reduced map is average-pooled to one d-vector per image, a Dense gives
-    the C logits (the plain backbone + linear classifier), and that vector,
-    broadcast to every class, stands in for s_c in the IST head and the CST
-    losses.
+  use_sarl=False is the ablation without semantic decoupling and GNN: a
+    Dense on the average-pooled backbone map gives the C logits (exactly the
+    baseline's backbone + GAP + linear classifier; the reduce conv + BN is
+    not on this path, it cost ~6 mAP from scratch), and the average-pooled
+    reduced map, broadcast to every class, stands in for s_c in the IST head
+    and the CST losses.
+  reduce_norm: BatchNorm after the 1x1 reduce conv (the paper's; False only
+    for diagnostics).
+  isolate_aux: False (the paper). True: the IST pair head sees
+    stop_gradient(s_c), and without SARL the reduce conv sees the stopped
+    backbone map, so the auxiliary losses (L_cooc, L_instance, L_prototype,
+    L_dtl) train their own layers but never pull on the backbone. With SARL
+    only the pair head is cut off (s_c is also the classifier's path).
+  fine_feature_key: "" (the paper), or a finer stage (e.g. "layer3") whose
+    reduced map is added to the coarse one repeated to its grid (top-down
+    fusion), for inputs so small that layer4 is 2x2.
   """
   backbone: nn.Module
   num_classes: int
@@ -168,12 +179,20 @@ class SARL(nn.Module):
   ist_threshold_init: float = 1.0
   cst_threshold_init: float = 1.0
   feature_key: str = "layer4"
+  reduce_norm: bool = True
+  fine_feature_key: str = ""
+  isolate_aux: bool = False
   dtype: Dtype = jnp.float32
 
   def setup(self):
     self.reduce_conv = nn.Conv(self.feature_dim, (1, 1), use_bias=False,
                                dtype=self.dtype)
     self.reduce_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    if self.fine_feature_key:
+      self.fine_conv = nn.Conv(self.feature_dim, (1, 1), use_bias=False,
+                               dtype=self.dtype)
+      self.fine_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5,
+                                  dtype=self.dtype)
     self.decoupling = SemanticDecoupling(self.attention_dim, dtype=self.dtype)
     self.gnn = GatedGNN(self.gnn_steps, dtype=self.dtype)
     self.fuse = nn.Dense(self.output_dim, dtype=self.dtype)
@@ -190,13 +209,27 @@ class SARL(nn.Module):
     if self.feature_key not in maps:
       raise KeyError(f"SARL expects the backbone to return "
                      f"{self.feature_key!r}; it returned {sorted(maps)}.")
-    f = self.reduce_bn(self.reduce_conv(maps[self.feature_key]),
-                       use_running_average=not train)
+    raw = maps[self.feature_key]
+    # Without SARL the reduced map feeds only the auxiliary heads/losses.
+    aux_only = self.isolate_aux and not self.use_sarl
+    f = self.reduce_conv(jax.lax.stop_gradient(raw) if aux_only else raw)
+    if self.reduce_norm:
+      f = self.reduce_bn(f, use_running_average=not train)
+    if self.fine_feature_key:
+      # Top-down fusion: the coarse reduced map, repeated to the finer
+      # stage's grid, plus that stage's own reduced map.
+      fine = self.fine_conv(maps[self.fine_feature_key])
+      if self.reduce_norm:
+        fine = self.fine_bn(fine, use_running_average=not train)
+      ry, rx = fine.shape[1] // f.shape[1], fine.shape[2] // f.shape[2]
+      f = jnp.repeat(jnp.repeat(f, ry, axis=1), rx, axis=2) + fine
     if not self.use_sarl:
-      pooled = jnp.mean(f, axis=(1, 2))
-      semantic = jnp.broadcast_to(pooled[:, None],
+      # The classifier sees the backbone's own pooled map (exactly the
+      # baseline's GAP + linear); the reduced map stands in for s_c.
+      reduced = jnp.mean(f, axis=(1, 2))
+      semantic = jnp.broadcast_to(reduced[:, None],
                                   (f.shape[0], self.num_classes, f.shape[-1]))
-      return semantic, pooled
+      return semantic, jnp.mean(raw.astype(jnp.float32), axis=(1, 2))
     semantic, _ = self.decoupling(f, label_vectors)
     return semantic, None
 
@@ -214,12 +247,13 @@ class SARL(nn.Module):
       fused = jnp.tanh(self.fuse(jnp.concatenate([nodes, semantic], -1)))
       logits = self.classifier(fused)
     else:
-      logits = self.linear_classifier(pooled)
+      logits = self.linear_classifier(pooled.astype(self.dtype))
     f32 = lambda x: x.astype(jnp.float32)
     out = {"logits": f32(logits), "semantic": f32(semantic),
            "thresholds": self.thresholds()}
     if pairs:
-      out["pair_logits"] = f32(self.ist_head(semantic))
+      out["pair_logits"] = f32(self.ist_head(
+          jax.lax.stop_gradient(semantic) if self.isolate_aux else semantic))
     return out
 
   def semantic_features(self, images, label_vectors, train: bool = False):
