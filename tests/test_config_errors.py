@@ -77,3 +77,19 @@ def test_every_shipped_config_passes_validation(path, monkeypatch):
   # Batch sizes are checked against the devices of the run, not these 8.
   monkeypatch.setattr(train, "check_batch_size", lambda *a, **k: None)
   train.validate(config)
+
+
+@pytest.mark.parametrize("section, key, closest", [
+    ("hst", "use_itst", "use_ist"), ("dmacn", "lambda_mvv", "lambda_mv"),
+    ("cma", "atention", "attention"), ("mscnn", "knnn", "knn"),
+    ("mmdl", "holdout_evry", "holdout_every")])
+def test_method_sections_reject_typos_with_the_closest_key(section, key,
+                                                           closest):
+  import importlib
+  module = importlib.import_module(f"jaxmlc.methods.{section}")
+  config = tiny_config("unused")
+  with config.unlocked():
+    config[section] = {key: 1}
+  with pytest.raises(ValueError, match=rf"config.{section} has unknown key\(s\) "
+                     rf"'{key}' \(did you mean '{closest}'\?\)"):
+    getattr(module, f"{section}_config")(config)

@@ -101,3 +101,20 @@ def build(config, dataset_info) -> Method:
 def available() -> list[str]:
   import jaxmlc.methods  # noqa: F401
   return sorted(_REGISTRY)
+
+
+def section_config(config, section: str, defaults: Mapping[str, Any]):
+  """`config.<section>` over `defaults` as a ConfigDict; an unknown key is an
+  error naming the closest known one (a typo must not silently train the
+  default)."""
+  import ml_collections
+  given = dict(config.get(section, None) or {})
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    def hint(key):
+      close = difflib.get_close_matches(key, list(defaults), 1)
+      return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+    raise ValueError(f"config.{section} has unknown key(s) "
+                     f"{', '.join(map(hint, unknown))}. Known keys: "
+                     f"{', '.join(sorted(defaults))}.")
+  return ml_collections.ConfigDict({**defaults, **given})

@@ -21,7 +21,6 @@ bottom as the method section:
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 
@@ -69,15 +68,7 @@ IMAGE_SCALES = ("layer3", "layer4", "extra")
 
 def cma_config(config) -> ml_collections.ConfigDict:
   """`config.cma` over DEFAULTS; unknown keys and values are errors."""
-  given = dict(config.get("cma", ml_collections.ConfigDict()))
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, DEFAULTS, 1)[0]!r}?)"
-             if difflib.get_close_matches(k, DEFAULTS, 1) else repr(k)
-             for k in unknown]
-    raise ValueError(f"config.cma has unknown key(s) {', '.join(hints)}. "
-                     f"Known keys: {', '.join(sorted(DEFAULTS))}.")
-  cfg = ml_collections.ConfigDict({**DEFAULTS, **given})
+  cfg = base.section_config(config, "cma", DEFAULTS)
   if cfg.label_embedding not in EMBEDDINGS:
     raise ValueError(f"config.cma.label_embedding={cfg.label_embedding!r}: "
                      f"expected one of {EMBEDDINGS}.")

@@ -48,7 +48,6 @@ the backbone). Not a switch: the thresholds never get weight decay (see
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import logging
@@ -114,16 +113,7 @@ _EPS = 1e-9
 
 def hst_config(config) -> ml_collections.ConfigDict:
   """`config.hst` over DEFAULTS; unknown keys are an error with a hint."""
-  given = dict(config.get("hst", ml_collections.ConfigDict()))
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    def hint(key):
-      close = difflib.get_close_matches(key, DEFAULTS, 1)
-      return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
-    raise ValueError(f"config.hst has unknown key(s) "
-                     f"{', '.join(map(hint, unknown))}. Known keys: "
-                     f"{', '.join(sorted(DEFAULTS))}.")
-  cfg = ml_collections.ConfigDict({**DEFAULTS, **given})
+  cfg = base.section_config(config, "hst", DEFAULTS)
   for key, allowed in (("threshold_relaxation", ("clip", "softplus")),
                        ("kmeans_init", ("kmeans++", "random"))):
     if cfg[key] not in allowed:

@@ -65,7 +65,6 @@ Choices where the seed is silent (all in `DEFAULTS`):
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Any, Mapping, Sequence
 
@@ -116,16 +115,7 @@ DEFAULTS = dict(
 
 def mmdl_config(config) -> ml_collections.ConfigDict:
   """`config.mmdl` over DEFAULTS; unknown keys are an error with a hint."""
-  given = dict(config.get("mmdl", ml_collections.ConfigDict()))
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    hints = []
-    for k in unknown:
-      close = difflib.get_close_matches(k, DEFAULTS, 1)
-      hints.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
-    raise ValueError(f"config.mmdl has unknown key(s) {', '.join(hints)}. "
-                     f"Known keys: {', '.join(sorted(DEFAULTS))}.")
-  return ml_collections.ConfigDict({**DEFAULTS, **given})
+  return base.section_config(config, "mmdl", DEFAULTS)
 
 
 # ----------------------------------------------------------------------------

@@ -27,7 +27,6 @@ give the rows of the seed's Table IV (configs/mscnn_synthetic.py "table4").
 """
 from __future__ import annotations
 
-import difflib
 import logging
 
 import jax
@@ -85,16 +84,7 @@ DEFAULTS = dict(
 
 def mscnn_config(config) -> ml_collections.ConfigDict:
   """`config.mscnn` over DEFAULTS; unknown keys are an error with a hint."""
-  given = dict(config.get("mscnn", ml_collections.ConfigDict()))
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    hints = []
-    for k in unknown:
-      close = difflib.get_close_matches(k, DEFAULTS, 1)
-      hints.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
-    raise ValueError(f"config.mscnn has unknown key(s) {', '.join(hints)}. "
-                     f"Known keys: {', '.join(sorted(DEFAULTS))}.")
-  cfg = ml_collections.ConfigDict({**DEFAULTS, **given})
+  cfg = base.section_config(config, "mscnn", DEFAULTS)
   if cfg.propagation not in propagation.METHODS:
     raise ValueError(f"config.mscnn.propagation={cfg.propagation!r}; "
                      f"expected one of {propagation.METHODS}.")
