@@ -68,7 +68,7 @@ _spec = importlib.util.spec_from_file_location(
 _coco = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_coco)
 
-LOW_PROPORTIONS = (0.1, 0.3, 0.5)
+LOW_PROPORTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def get_config(arg=None):

@@ -69,9 +69,9 @@ def get_sweeps():
       # What GCN + MFB lose against the averaged heads (LP, MS, Att on).
       "fusion": [
           ("LP+MS+Att+GCN+MFB", _row(TABLE4[0][1])),
-          ("+ MFB signed sqrt, L2", {**_row(TABLE4[0][1]),
+          ("+ MFB signed sqrt and L2", {**_row(TABLE4[0][1]),
                                      "mscnn.mfb_normalize": True}),
-          ("GCN, dot product", _row((True, True, True, True, False))),
+          ("GCN with dot product", _row((True, True, True, True, False))),
           ("MFB on ASGE nodes", _row((True, True, True, False, True))),
           ("LP+MS+Att", _row(TABLE4[1][1])),
       ],

@@ -63,6 +63,16 @@ def slug(label: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
 
 
+def metric(results: dict, column: str):
+  """results["top3"]["OP"] for column "top3.OP"; None where absent."""
+  value = results
+  for key in column.split("."):
+    if not isinstance(value, dict) or key not in value:
+      return None
+    value = value[key]
+  return float(value)
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
   head = f"| {'run':<28} | " + " | ".join(f"{c:>8}" for c in columns) + " |"
   line = "|" + "-" * 30 + "|" + "|".join("-" * 10 for _ in columns) + "|"
@@ -88,9 +98,9 @@ def run_sweep(config, rows, workdir: str, columns: list[str]) -> list[dict]:
         out = json.load(f)
     else:
       out = train.train_and_evaluate(row_config, row_dir)
-    test = out["test"]
+    values = {c: metric(out["test"], c) for c in columns}
     table.append({"run": label, "overrides": overrides,
-                  **{c: float(test[c]) for c in columns if c in test}})
+                  **{c: v for c, v in values.items() if v is not None}})
     print(format_table(table, columns), flush=True)
   return table
 

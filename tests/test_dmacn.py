@@ -214,6 +214,30 @@ def test_gcn_matches_eq11_and_identity_init_smooths():
                                                     nodes, adjacency)
 
 
+def test_residual_gcn_starts_at_the_input_rows_and_learns_eq11_on_top():
+  rng = np.random.default_rng(1)
+  nodes = rng.normal(size=(C, 3)).astype(np.float32)
+  adjacency = rng.random((C, C)).astype(np.float32)
+  gcn = LabelGCN(weight_init="identity", residual=True)
+  out, variables = gcn.init_with_output(jax.random.PRNGKey(0), nodes,
+                                        adjacency)
+  np.testing.assert_allclose(out, nodes, rtol=1e-6, atol=1e-6)
+  assert not np.any(np.asarray(variables["params"]["h1"]))
+  # With any weights: X + eq. 11 (numpy), and H1 gets a gradient at zero.
+  h0 = rng.normal(size=(3, 6)).astype(np.float32)
+  h1 = rng.normal(size=(6, 3)).astype(np.float32)
+  np.testing.assert_allclose(
+      gcn.apply({"params": {"h0": h0, "h1": h1}}, nodes, adjacency),
+      nodes + np_gcn(nodes, adjacency, h0, h1), rtol=1e-5, atol=1e-5)
+  grads = jax.grad(lambda p: jnp.sum(gcn.apply({"params": p}, nodes,
+                                               adjacency) ** 2))(
+                                                   variables["params"])
+  assert np.abs(np.asarray(grads["h1"])).max() > 0
+  with pytest.raises(ValueError, match="features"):
+    LabelGCN(features=2, residual=True).init(jax.random.PRNGKey(0), nodes,
+                                             adjacency)
+
+
 def test_adjacency_is_eq12_of_the_training_labels(setup):
   labels = setup.info.train_labels.astype(np.float64)
   counts = labels.T @ labels
@@ -443,6 +467,24 @@ def test_hook_freezes_w0_at_the_end_of_pretraining(setup):
                                variables["params"]["classifier1"]["bias"][
                                    :, None]], axis=1))
   assert float(frozen["state"]["gcn_active"]) == 1.0
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_residual_gcn_keeps_predictions_at_the_switch(residual):
+  method, _, _, _, _ = build(gcn_residual=residual)
+  batch = make_batch()
+  variables = method.init(jax.random.PRNGKey(0), batch)
+  params = dict(variables["params"])     # rows away from their init, GCN not
+  params.update({k: jax.tree.map(lambda p: p + 0.1, v)
+                 for k, v in params.items() if k != "gcn"})
+  variables = dict(variables, params=params)
+  hook, = method.epoch_hooks
+  env = types.SimpleNamespace(log=lambda message: None)
+  before = np.asarray(method.predict_fn(variables, batch["labeled"]))
+  after = np.asarray(method.predict_fn(hook(variables, 2, env),
+                                       batch["labeled"]))
+  # Residual: W^0 + A ReLU(A W^0 H0) 0 = W^0. Eq. 11: A A W^0 != W^0.
+  assert np.allclose(before, after, atol=1e-6) == residual
 
 
 # ----------------------------------------------------------------------------

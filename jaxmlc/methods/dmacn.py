@@ -44,7 +44,9 @@ Choices where the seed is silent (all in `DEFAULTS`):
     targets constants (it did not rescue weight 1 there).
   - The GCN starts at the identity-preserving init (`gcn_init`), so
     re-training starts from A A W^0 rather than from random classifiers;
-    "random" is ML-GCN's init.
+    "random" is ML-GCN's init. `gcn_residual` (off by default) re-trains
+    W^0 + eq. 11 instead, starting at W^0 itself (`models.gcn`); the
+    synthetic config uses it, with its measurements.
   - "no GCN" keeps the re-training stage (same steps) and trains the plain
     classifiers there at the GCN's learning rate.
   - "no unlabeled data" drops every term on the unlabeled batch (L_su,
@@ -109,6 +111,7 @@ DEFAULTS = dict(
     adjacency_p=0.2,
     gcn_hidden=0,                 # 0: 2 (d + 1)
     gcn_init="identity",          # "identity" | "random"
+    gcn_residual=False,           # True: W^0 + eq. 11 (not the paper's)
 )
 
 # Loss terms of eq. 10, unweighted (see `loss_terms`).
@@ -383,6 +386,7 @@ def build_model(config, info, cfg) -> DMACNNets:
       nonimage_bins=tuple(cfg.nonimage_bins),
       nonimage_hidden=int(cfg.nonimage_hidden),
       gcn_hidden=int(cfg.gcn_hidden), gcn_init=cfg.gcn_init,
+      gcn_residual=bool(cfg.gcn_residual),
       dtype=compute_dtype(config))
 
 

@@ -93,6 +93,7 @@ class DMACNNets(nn.Module):
   nonimage_hidden: int = 4096
   gcn_hidden: int = 0
   gcn_init: str = "identity"
+  gcn_residual: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -111,7 +112,8 @@ class DMACNNets(nn.Module):
     self.classifier2 = Classifier(self.num_classes, self.features)
     self.sft1 = MLP((self.features, self.features))
     self.sft2 = MLP((self.features, self.features))
-    self.gcn = LabelGCN(hidden=self.gcn_hidden, weight_init=self.gcn_init)
+    self.gcn = LabelGCN(hidden=self.gcn_hidden, weight_init=self.gcn_init,
+                        residual=self.gcn_residual)
 
   def image_features(self, x1, train: bool = False):
     """x1 [B, ...] -> [2, B, d]: (G1(x1), G4(x1))."""

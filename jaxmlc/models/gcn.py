@@ -15,6 +15,12 @@ Two initialisations:
     ReLU(z) - ReLU(-z) = z and the output starts at A A X: a re-training
     stage then starts from graph-smoothed pre-trained classifiers instead of
     random ones.
+
+`residual=True` (not eq. 11; a switch for small data) returns
+X + A ReLU(A X H0) H1 with H1 starting at zero, so re-training starts from
+the pre-trained rows themselves and the graph term is learned as a
+correction: with the identity init, A A X replaces X at the switch, which
+mixes each label's classifier with its neighbours' before any training.
 """
 from __future__ import annotations
 
@@ -56,10 +62,12 @@ class LabelGCN(nn.Module):
     replaces the input rows, as DMACN's classifiers).
   weight_init: "random" | "identity" (see the module docstring;
     "identity" needs the default widths).
+  residual: X + the GCN's output, H1 starting at zero (needs features = K).
   """
   hidden: int = 0
   features: int = 0
   weight_init: str = "random"
+  residual: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -81,13 +89,20 @@ class LabelGCN(nn.Module):
           f"LabelGCN weight_init='identity' needs hidden=2K={2 * width} and "
           f"features=K={width}; got hidden={hidden}, features={features}. "
           "Fix: leave hidden/features at 0, or use weight_init='random'.")
+    if self.residual and features != width:
+      raise ValueError(
+          f"LabelGCN residual=True adds the input rows to the output, so it "
+          f"needs features=K={width}; got features={features}. Fix: leave "
+          "features at 0.")
     initializer = _signed_identity if identity else _uniform_by_fan_out
     h0 = self.param("h0", initializer, (width, hidden), jnp.float32)
-    h1 = self.param("h1", initializer, (hidden, features), jnp.float32)
+    h1 = self.param("h1", nn.initializers.zeros if self.residual
+                    else initializer, (hidden, features), jnp.float32)
     adjacency = jnp.asarray(adjacency, self.dtype)
     x = adjacency @ (nodes.astype(self.dtype) @ h0.astype(self.dtype))
     x = nn.relu(x)
-    return adjacency @ (x @ h1.astype(self.dtype))
+    out = adjacency @ (x @ h1.astype(self.dtype))
+    return nodes.astype(self.dtype) + out if self.residual else out
 
 
 __all__ = ["INITS", "LabelGCN"]
