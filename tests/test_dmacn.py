@@ -7,6 +7,8 @@ version (tiny ResNets) through all three phases on the embedded tiny data.
 """
 import json
 import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -490,14 +492,19 @@ def test_residual_gcn_keeps_predictions_at_the_switch(residual):
 # ----------------------------------------------------------------------------
 # Fig. 3: prediction.
 
-def test_average_head_probabilities_numpy():
-  rng = np.random.default_rng(5)
-  heads = rng.normal(size=(3, 2, 4, DIM)).astype(np.float32)
-  rows = rng.normal(size=(2, C, DIM + 1)).astype(np.float32)
-  expected = np.mean([np_sigmoid(np_logits(heads[h, v], rows[v]))
-                      for h in range(3) for v in range(2)], axis=0)
-  np.testing.assert_allclose(dmacn.average_head_probabilities(heads, rows),
-                             expected, rtol=1e-5)
+def test_head_probabilities_are_fig3_heads_before_the_average(setup):
+  f = separate_features(setup)
+  r = f["rows"]
+  heads = dmacn.head_probabilities(
+      setup.model, setup.variables, setup.batch["labeled"], setup.cfg,
+      setup.adjacency, image_key="features", nonimage_key="modality2",
+      with_gcn=True)
+  assert heads.shape == (2, 2, B, C)
+  for h, key in enumerate(("nonimage", "nonimage_to_image")):
+    for v in range(2):
+      np.testing.assert_allclose(heads[h, v],
+                                 np_sigmoid(np_logits(f[key][v], r[v])),
+                                 rtol=1e-5)
 
 
 def test_predict_averages_four_nonimage_heads(setup):
@@ -606,8 +613,7 @@ def test_config_errors_are_for_people():
 # ----------------------------------------------------------------------------
 # End to end: three phases on the embedded tiny data (pixels, tiny ResNets).
 
-def test_end_to_end_three_phases(data_dir, tmp_path):
-  from jaxmlc import checkpoint, train
+def end_to_end_config(data_dir):
   from tests._configs import tiny_config
   config = tiny_config(data_dir, method="dmacn", steps=0)
   config.data.known_label_proportion = 1.0
@@ -618,6 +624,12 @@ def test_end_to_end_three_phases(data_dir, tmp_path):
       features=16, nonimage_hidden=32, nonimage_bins=(1, 4, 9),
       warmup_epochs=1, pretrain_epochs=2, pretrain_lr_drop_epochs=1,
       retrain_epochs=1, lambda_mv=10.0))
+  return config
+
+
+def test_end_to_end_three_phases(data_dir, tmp_path):
+  from jaxmlc import checkpoint, train
+  config = end_to_end_config(data_dir)
   workdir = str(tmp_path / "dmacn")
   out = train.train_and_evaluate(config, workdir)
   assert os.path.exists(os.path.join(workdir, "results.json"))
@@ -639,3 +651,19 @@ def test_end_to_end_three_phases(data_dir, tmp_path):
   ckpt = checkpoint.Checkpointer(workdir)
   meta = ckpt.read_meta(ckpt.latest_step())
   assert meta["phase"] == "retrain" and meta["step"] == 4 * steps_per_epoch
+  # launch/dmacn_heads.py scores each head; their average is the run's.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config_file = tmp_path / "e2e_config.py"
+  config_file.write_text(
+      f"import sys\nsys.path.insert(0, {repo!r})\n"
+      "from tests.test_dmacn import end_to_end_config\n"
+      f"def get_config():\n  return end_to_end_config({data_dir!r})\n")
+  heads = subprocess.run(
+      [sys.executable, os.path.join(repo, "launch", "dmacn_heads.py"),
+       f"--config={config_file}", f"--workdir={workdir}"], cwd=repo,
+      capture_output=True, text=True, timeout=300)
+  assert heads.returncode == 0, heads.stderr[-3000:]
+  with open(os.path.join(workdir, "dmacn_heads.json")) as f:
+    table = json.load(f)
+  assert len(table) == 2 * 2 + 2       # 2 heads x 2 views + 2 averages
+  assert abs(table[-1]["mAP"] - out["test"]["mAP"]) < 1e-6

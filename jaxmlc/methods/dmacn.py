@@ -270,15 +270,34 @@ def compute_features(model: DMACNNets, variables, batch, active: Sequence[str],
 # ----------------------------------------------------------------------------
 # Fig. 3: prediction.
 
-def average_head_probabilities(heads, rows):
-  """Mean over heads and views of sigmoid(classifier v on head h, view v).
+def head_probabilities(model: DMACNNets, variables, examples, cfg, adjacency,
+                       *, image_key: str, nonimage_key: str, with_gcn: bool):
+  """Fig. 3's heads before averaging: [H, 2, B, C] probabilities.
 
-  heads: [H, 2, B, d] (e.g. G_v(x2) and SFT2(G_v(x2))); rows: [2, C, d+1].
-  Returns [B, C] in [0, 1].
+  Head 0: classifier v on G_v(x2) (v = 1, 2 on the second axis); head 1
+  (with translators): on SFT2(G_v(x2)); head 2 ("Our-m"): on SFT1 of the
+  image's view-v features. The classifiers are the GCN's once
+  state["gcn_active"] is set.
   """
-  probabilities = jax.vmap(lambda f: jax.nn.sigmoid(
-      classifier_logits(f, rows)))(heads)                 # [H, 2, B, C]
-  return jnp.mean(probabilities, axis=(0, 1))
+  state = variables["state"]
+
+  def run(module):
+    rows = module.classifier_rows()
+    if with_gcn:
+      rows = jnp.where(state["gcn_active"] > 0,
+                       module.gcn_rows(state["w0"], adjacency), rows)
+    nonimage = module.nonimage_features(examples[nonimage_key])
+    heads = [nonimage]
+    if cfg.use_translators:
+      heads.append(module.sft2_nonimage_to_image(nonimage))
+    if cfg.predict_with_image:      # "Our-m"
+      image = module.image_features(examples[image_key], False)
+      heads.append(module.sft1_image_to_nonimage(image))
+    return jax.vmap(lambda f: jax.nn.sigmoid(classifier_logits(f, rows)))(
+        jnp.stack(heads))
+
+  return model.apply({"params": variables["params"],
+                      "batch_stats": variables["batch_stats"]}, method=run)
 
 
 # ----------------------------------------------------------------------------
@@ -353,6 +372,12 @@ def phase_optimizer(config, steps_per_epoch: int, lrs: Mapping[str, float],
 
 # ----------------------------------------------------------------------------
 # The method.
+
+def gcn_used(cfg) -> bool:
+  """The GCN classifiers exist only when a re-training stage follows."""
+  return bool(cfg.use_gcn and not cfg.baseline_only
+              and int(cfg.retrain_epochs) > 0)
+
 
 def adjacency_of(config, info, cfg) -> np.ndarray:
   """Eq. 12 from the known labels of the training set: [C, C] float32."""
@@ -445,9 +470,7 @@ def build(config, info) -> base.Method:
                 retrain=int(cfg.retrain_epochs))
   gcn_start_epoch = epochs["warmup"] + epochs["pretrain"]
   uses_unlabeled = bool(cfg.use_unlabeled) and not cfg.baseline_only
-  # The GCN classifiers exist only when a re-training stage follows.
-  with_gcn = (cfg.use_gcn and not cfg.baseline_only
-              and epochs["retrain"] > 0)
+  with_gcn = gcn_used(cfg)
 
   def init(rng, batch):
     labeled = batch["labeled"]
@@ -506,27 +529,15 @@ def build(config, info) -> base.Method:
         "state": variables["state"]}
 
   def predict_fn(variables, examples):
-    x2 = examples[nonimage_key]
-    state = variables["state"]
-
-    def run(module):
-      if cfg.baseline_only:
+    if cfg.baseline_only:
+      def run(module):
         return jax.nn.sigmoid(classifier_logits(
-            module.g2(x2)[None], module.classifier1()[None]))[0]
-      rows = module.classifier_rows()
-      if with_gcn:
-        rows = jnp.where(state["gcn_active"] > 0,
-                         module.gcn_rows(state["w0"], adjacency), rows)
-      nonimage = module.nonimage_features(x2)
-      heads = [nonimage]
-      if cfg.use_translators:
-        heads.append(module.sft2_nonimage_to_image(nonimage))
-      if cfg.predict_with_image:      # "Our-m"
-        image = module.image_features(examples[image_key], False)
-        heads.append(module.sft1_image_to_nonimage(image))
-      return average_head_probabilities(jnp.stack(heads), rows)
-
-    return model.apply(model_variables(variables), method=run)
+            module.g2(examples[nonimage_key])[None],
+            module.classifier1()[None]))[0]
+      return model.apply(model_variables(variables), method=run)
+    return jnp.mean(head_probabilities(
+        model, variables, examples, cfg, adjacency, image_key=image_key,
+        nonimage_key=nonimage_key, with_gcn=with_gcn), axis=(0, 1))
 
   def freeze_pretrained_classifiers(variables, epoch, env):
     """End of "pretrain": W_i^0 <- the classifier rows; GCN from now on."""
