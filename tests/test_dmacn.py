@@ -303,6 +303,31 @@ def test_translation_targets_are_constants_only_when_switched(setup):
     assert np.abs(stopped[translated]).max() > 0.0
 
 
+@pytest.mark.parametrize("translators_only", [False, True])
+def test_translators_only_keeps_eq6_7_out_of_the_generators(setup,
+                                                             translators_only):
+  active = ("v_image", "v_nonimage", "sp", "su", "cr1", "cr2")
+
+  def sp_su(params):
+    variables = {"params": params,
+                 "batch_stats": setup.variables["batch_stats"]}
+    out, _ = dmacn.compute_features(
+        setup.model, variables, setup.batch, active, image_key="features",
+        nonimage_key="modality2", w0=None, adjacency=None,
+        use_gcn_rows=False, train=True,
+        stop_translator_inputs=translators_only)
+    terms = dmacn.loss_terms(out, setup.batch["labeled"]["labels"], None,
+                             active, stop_target_gradient=translators_only)
+    return terms["sp"] + terms["su"]
+
+  grads = jax.grad(sp_su)(setup.variables["params"])
+  largest = {g: max(float(jnp.abs(x).max()) for x in jax.tree.leaves(grads[g]))
+             for g in ("g1", "g2", "g3", "g4", "sft1", "sft2")}
+  assert largest["sft1"] > 0 and largest["sft2"] > 0
+  for generator in ("g1", "g2", "g3", "g4"):
+    assert (largest[generator] == 0) == translators_only, (generator, largest)
+
+
 def test_loss_fn_feeds_each_term_its_features(setup):
   """loss_fn's eq. 10 = numpy eq. 10 on features computed one by one."""
   f = separate_features(setup)

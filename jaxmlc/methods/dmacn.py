@@ -41,7 +41,9 @@ Choices where the seed is silent (all in `DEFAULTS`):
     on the from-scratch synthetic runs every generator collapsed (BCE at
     the label prior), so configs/dmacn_synthetic.py uses
     lambda_sp = lambda_su = 0.01; `translation_stop_gradient` makes the
-    targets constants (it did not rescue weight 1 there).
+    targets constants (it did not rescue weight 1 there);
+    `translators_only` also makes their inputs constants, so eq. 6-7 train
+    SFT1/SFT2 alone and cannot collapse the generators.
   - The GCN starts at the identity-preserving init (`gcn_init`), so
     re-training starts from A A W^0 rather than from random classifiers;
     "random" is ML-GCN's init. `gcn_residual` (off by default) re-trains
@@ -86,6 +88,7 @@ DEFAULTS = dict(
     lambda_su=1.0,
     orthogonality_absolute=True,  # |cos| in eq. 5 (False: the signed cosine)
     translation_stop_gradient=False,  # True: eq. 6-7 targets are constants
+    translators_only=False,       # True: eq. 6-7 train SFT1/SFT2 alone
     # Table IX ablation switches.
     use_translators=True,         # False drops L_sp, L_su, L_cr^(2), SFT heads
     use_multiview_loss=True,      # L_mv
@@ -229,15 +232,19 @@ def total_loss(terms: Mapping[str, jax.Array], active: Sequence[str],
 
 def compute_features(model: DMACNNets, variables, batch, active: Sequence[str],
                      *, image_key: str, nonimage_key: str, w0, adjacency,
-                     use_gcn_rows: bool, train: bool):
+                     use_gcn_rows: bool, train: bool,
+                     stop_translator_inputs: bool = False):
   """The intermediate features `loss_terms` needs for the `active` terms.
 
   variables: {"params", "batch_stats"}; batch: {"labeled": {image_key,
   nonimage_key, ...}, "unlabeled": {image_key}} (the latter only read when
   an unlabeled term is active). w0 [2, C, d+1] and adjacency [C, C] feed
-  eq. 11 when `use_gcn_rows`. Returns (out, updates) with `out` as
+  eq. 11 when `use_gcn_rows`. `stop_translator_inputs`: the generators'
+  features enter SFT1/SFT2 as constants (no gradient back through the
+  translators into G1..G4). Returns (out, updates) with `out` as
   `loss_terms` documents and `updates` the new batch_stats.
   """
+  into = jax.lax.stop_gradient if stop_translator_inputs else (lambda x: x)
   labeled = batch["labeled"]
   unlabeled = any(t in active for t in _UNLABELED_TERMS)
   nonimage = any(t in active for t in ("v_nonimage", "sp"))
@@ -254,14 +261,16 @@ def compute_features(model: DMACNNets, variables, batch, active: Sequence[str],
     if unlabeled:
       out["image_u"] = image[:, size:]
       if "su" in active or "cr2" in active:
-        out["imputed_u"] = module.sft1_image_to_nonimage(out["image_u"])
+        out["imputed_u"] = module.sft1_image_to_nonimage(
+            into(out["image_u"]))
         out["cycle_u"] = module.sft2_nonimage_to_image(out["imputed_u"])
     if nonimage:
       out["nonimage"] = module.nonimage_features(labeled[nonimage_key])
     if "sp" in active:
-      out["image_to_nonimage"] = module.sft1_image_to_nonimage(out["image"])
+      out["image_to_nonimage"] = module.sft1_image_to_nonimage(
+          into(out["image"]))
       out["nonimage_to_image"] = module.sft2_nonimage_to_image(
-          out["nonimage"])
+          into(out["nonimage"]))
     return out
 
   return model.apply(variables, method=run, mutable=["batch_stats"])
@@ -520,9 +529,11 @@ def build(config, info) -> base.Method:
         model, model_variables(variables), batch, active,
         image_key=image_key, nonimage_key=nonimage_key,
         w0=variables["state"]["w0"], adjacency=adjacency,
-        use_gcn_rows=phase == "retrain" and cfg.use_gcn, train=True)
+        use_gcn_rows=phase == "retrain" and cfg.use_gcn, train=True,
+        stop_translator_inputs=bool(cfg.translators_only))
     terms = loss_terms(out, labeled["labels"], labeled["label_mask"], active,
-                       absolute, bool(cfg.translation_stop_gradient))
+                       absolute, bool(cfg.translation_stop_gradient
+                                      or cfg.translators_only))
     loss = total_loss(terms, active, weights)
     return loss, aux_of(terms), {
         "batch_stats": updates.get("batch_stats", {}),
