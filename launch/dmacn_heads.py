@@ -29,7 +29,8 @@ HEADS = ("G_v(x2)", "SFT2(G_v(x2))", "SFT1(image)")
 
 
 def head_scores(config, workdir: str):
-  """(probabilities [N, H, 2, C], labels [N, C], head names) of the test split."""
+  """Test split: (probabilities [N, H, 2, C], labels [N, C], label mask
+  [N, C], the H head names)."""
   import jax
   import jax.numpy as jnp
   from jaxmlc import evaluate, train
@@ -40,7 +41,7 @@ def head_scores(config, workdir: str):
     raise app.UsageError("dmacn.baseline_only runs have one head (G2).")
   model = dmacn.build_model(config, s.info, cfg)
   adjacency = jnp.asarray(dmacn.adjacency_of(config, s.info, cfg))
-  image_key = "image" if s.info.input_kind == "image" else "features"
+  image_key = dmacn.image_key_of(s.info)
   names = [HEADS[0]] + [HEADS[1]] * bool(cfg.use_translators) + [
       HEADS[2]] * bool(cfg.predict_with_image)
 

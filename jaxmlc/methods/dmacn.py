@@ -400,7 +400,7 @@ def adjacency_of(config, info, cfg) -> np.ndarray:
       probability, tau=cfg.adjacency_tau, p=cfg.adjacency_p).astype(np.float32)
 
 
-def _image_key(info) -> str:
+def image_key_of(info) -> str:
   if info.input_kind == "image":
     return "image"
   if info.input_kind == "features":
@@ -467,7 +467,7 @@ def _load_pretrained_image(variables, path: str):
 def build(config, info) -> base.Method:
   cfg = dmacn_config(config)
   _check(config, info, cfg)
-  image_key, nonimage_key = _image_key(info), cfg.nonimage_key
+  image_key, nonimage_key = image_key_of(info), cfg.nonimage_key
   model = build_model(config, info, cfg)
   adjacency = jnp.asarray(adjacency_of(config, info, cfg))
   steps_per_epoch = max(1, pipeline.steps_per_epoch(config, info))
