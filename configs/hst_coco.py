@@ -35,7 +35,8 @@ def hst_defaults() -> ml_collections.ConfigDict:
       weight_ist_bce=1.0, weight_cst_bce=1.0, weight_cooc=10.0,
       weight_dtl_ist=0.1, weight_dtl_cst=0.1, weight_instance=0.05,
       weight_prototype=0.05, cooc_gamma_pos=1.0, cooc_gamma_neg=2.0,
-      cooc_clip=0.05, use_ist=True, use_cst=True, use_dtl=True,
+      cooc_clip=0.05, cooc_known_pairs_only=False, dtl_leave_one_out=False,
+      use_ist=True, use_cst=True, use_dtl=True,
       use_sarl=True, label_embedding_dim=256, label_embedding_steps=0))
 
 

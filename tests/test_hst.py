@@ -458,6 +458,18 @@ def test_cooc_known_pairs_only_and_isolated_aux_heads():
   assert ready[True] != ready[False]
 
 
+def test_hst_configs_carry_every_key():
+  # `--config.hst.KEY=...` works only for keys the config file sets.
+  import importlib.util
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name in ("hst_coco", "hst_voc2007", "hst_vg200", "hst_synthetic"):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(root, "configs", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(module.get_config().hst) == set(hst.DEFAULTS), name
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="pseudo_label_epoch"):
     hst.hst_config(_config(pseudo_labels_epoch=3))
