@@ -470,6 +470,20 @@ def test_hst_configs_carry_every_key():
     assert set(module.get_config().hst) == set(hst.DEFAULTS), name
 
 
+def test_hst_synthetic_long_doubles_the_schedule():
+  import importlib.util
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "hst_synthetic", os.path.join(root, "configs", "hst_synthetic.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  short, long = module.get_config(), module.get_config("long,0.4")
+  assert (short.train.epochs, long.train.epochs) == (8, 16)
+  assert long.optim.decay_every_epochs == 12
+  assert (long.hst.pseudo_label_epoch, long.hst.prototype_every) == (6, 3)
+  assert long.data.known_label_proportion == 0.4
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="pseudo_label_epoch"):
     hst.hst_config(_config(pseudo_labels_epoch=3))

@@ -75,3 +75,35 @@ for label, _ in module.get_sweeps()["ablation"]["rows"]:
   assert first["top3.OP"] == 0.125 and first["top3.OF1"] == 0.2
   assert abs(table["average"]["mAP"] - 0.535) < 1e-9
   assert "|    12.50 |" in out.stdout and (tmp_path / "ablation.png").exists()
+
+
+def test_a_finished_row_of_another_config_is_refused(tmp_path):
+  # Reusing results across configs (e.g. a --config.seed=1 sweep in the
+  # seed-0 workdir) would silently report the wrong runs.
+  code = r"""
+import importlib.util, json, os, sys
+import sweep
+spec = importlib.util.spec_from_file_location("c", "configs/dmacn_synthetic.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = module.get_config()
+for label, overrides in module.get_sweeps()["ablation"]["rows"]:
+  row = os.path.join(sys.argv[1], sweep.slug(label))
+  os.makedirs(row)
+  with open(os.path.join(row, "config.json"), "w") as f:
+    f.write(sweep.apply_overrides(config, overrides).to_json_best_effort())
+  with open(os.path.join(row, "results.json"), "w") as f:
+    json.dump({"step": 1, "test": {"mAP": 0.5}}, f)
+"""
+  made = run_python(code, str(tmp_path))
+  assert made.returncode == 0, made.stderr[-3000:]
+  cmd = [sys.executable, "launch/sweep.py", "--config=configs/dmacn_synthetic.py",
+         "--sweep=ablation", f"--workdir={tmp_path}", "--metric=mAP"]
+  same = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        timeout=240)
+  assert same.returncode == 0, same.stderr[-3000:]
+  other = subprocess.run(cmd + ["--config.seed=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=240)
+  assert other.returncode != 0
+  assert "another config (seed: 0 there, 1 now" in other.stderr
+  assert "--workdir" in other.stderr
