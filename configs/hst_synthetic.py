@@ -45,7 +45,7 @@ and `long` (twice the steps: 16 epochs, lr decay at 12, pseudo labels from
 
 Measured (mask seed 0, 2-core CPU, ~2 min an HST run and ~1 min a
 baseline run when the machine is idle), test mAP HST / partial BCE, mean
-over seeds 0, 1, 2 (`--sweep=vs_baseline --config.seed=S`; per seed in
+over seeds 0, 1, 2 (`--sweep=vs_baseline --config.seed=S --workdir=...`; per seed in
 the README):
   prop 0.1: 27.97 / 25.26   prop 0.2: 39.93 / 37.10   prop 0.3: 43.96 / 43.87
   prop 0.4: 49.66 / 51.48   prop 0.5: 55.60 / 56.00

@@ -196,6 +196,36 @@ class HookEnv:
 # ----------------------------------------------------------------------------
 # The loop.
 
+def _flatten(tree, prefix=""):
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  return {k: v for key, sub in tree.items()
+          for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def check_same_config(config, workdir: str):
+  """Raises unless `workdir`'s config.json (if any) is `config`'s.
+
+  For tools that reuse a finished run's results.json (sweeps, tables):
+  results of another config (e.g. another seed) must not be reported.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = _flatten(json.load(f))
+  wanted = _flatten(json.loads(config.to_json_best_effort()))
+  diff = sorted(k for k in saved.keys() | wanted.keys()
+                if saved.get(k) != wanted.get(k))
+  if diff:
+    shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now"
+                      for k in diff[:5])
+    raise ValueError(
+        f"{workdir} holds a finished run of another config ({shown}"
+        f"{', ...' if len(diff) > 5 else ''}); pass another --workdir or "
+        "delete that directory.")
+
+
 def _known_mask(config, info) -> np.ndarray:
   proportion = config.data.known_label_proportion
   mask = partial.known_label_mask(info.train_labels.shape, proportion,

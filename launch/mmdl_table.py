@@ -132,7 +132,9 @@ def main(argv):
   name = os.path.splitext(os.path.basename(path.split(":")[0]))[0]
   workdir = _WORKDIR.value or os.path.join("runs", f"{name}_table")
   from jaxmlc import train
-  if not os.path.exists(os.path.join(workdir, "results.json")):
+  if os.path.exists(os.path.join(workdir, "results.json")):
+    train.check_same_config(config, workdir)   # never another run's table
+  else:
     train.train_and_evaluate(config, workdir)
   from jaxmlc.methods import mmdl
   scores = modality_scores(config, workdir)

@@ -86,32 +86,6 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
   return "\n".join(out)
 
 
-def _flatten(tree, prefix=""):
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  return {k: v for key, sub in tree.items()
-          for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-
-
-def check_same_config(row_config, row_dir: str):
-  """A finished row is reused only if it ran this row's config."""
-  path = os.path.join(row_dir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = _flatten(json.load(f))
-  wanted = _flatten(json.loads(row_config.to_json_best_effort()))
-  diff = sorted(k for k in saved.keys() | wanted.keys()
-                if saved.get(k) != wanted.get(k))
-  if diff:
-    shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now"
-                      for k in diff[:5])
-    raise ValueError(
-        f"{row_dir} holds a finished run of another config ({shown}"
-        f"{', ...' if len(diff) > 5 else ''}); pass another --workdir or "
-        "delete that directory.")
-
-
 def run_sweep(config, rows, workdir: str, columns: list[str]) -> list[dict]:
   from jaxmlc import train, plots  # noqa: F401
   table = []
@@ -120,7 +94,7 @@ def run_sweep(config, rows, workdir: str, columns: list[str]) -> list[dict]:
     row_dir = os.path.join(workdir, slug(label))
     results_path = os.path.join(row_dir, "results.json")
     if os.path.exists(results_path):   # finished earlier: reuse
-      check_same_config(row_config, row_dir)
+      train.check_same_config(row_config, row_dir)
       with open(results_path) as f:
         out = json.load(f)
     else:

@@ -134,3 +134,17 @@ def test_one_device_gives_the_same_losses(full_run, data_dir, tmp_path):
   assert one.keys() == eight.keys()
   for step in one:
     np.testing.assert_allclose(one[step], eight[step], rtol=1e-3)
+
+
+def test_check_same_config_refuses_another_runs_workdir(tmp_path):
+  from jaxmlc.config_base import base_config
+  c = base_config()
+  train.check_same_config(c, str(tmp_path))          # no config.json: fine
+  (tmp_path / "config.json").write_text(c.to_json_best_effort())
+  train.check_same_config(c, str(tmp_path))          # the same config: fine
+  other = c.copy_and_resolve_references()
+  other.seed = 3
+  other.data.known_label_proportion = 0.2
+  with pytest.raises(ValueError, match=r"data.known_label_proportion: .* "
+                     r"there, 0.2 now, seed: 0 there, 3 now.*--workdir"):
+    train.check_same_config(other, str(tmp_path))
