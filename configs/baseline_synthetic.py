@@ -14,6 +14,7 @@ def get_config(arg=None):
   c.data.variant = arg or "default"
   c.data.image_size = 32 if arg == "tiny" else 64
   c.data.known_label_proportion = 0.3
+  c.data.crop_scales = (1.0, 0.875, 0.75)   # as configs/hst_synthetic.py
   c.model.backbone = "resnet_tiny"
   c.model.width = 16
   c.optim.name = "adam"

@@ -413,7 +413,7 @@ def test_ablation_without_sarl_and_dtl():
   method = hst.build(_config(use_sarl=False, use_dtl=False), _info())
   variables = _ready(jax.jit(method.init)(jax.random.PRNGKey(0), _batch()))
   assert "decoupling" not in variables["params"]
-  assert "linear_classifier" in variables["params"]
+  assert "head" in variables["params"]
   loss, aux, _, grads = _grad_fn(method)(variables, _batch(), jnp.int32(6))
   assert np.isfinite(float(loss)) and float(aux["loss_bce_ist"]) > 0
   updates, _ = jax.jit(method.optimizer.update)(
@@ -458,6 +458,34 @@ def test_cooc_known_pairs_only_and_isolated_aux_heads():
   assert ready[True] != ready[False]
 
 
+def test_without_sarl_hst_starts_and_trains_as_the_baseline():
+  # The vs_baseline rows are paired: one seed gives HST (use_sarl=False) the
+  # baseline's initial backbone and head, and before pseudo_label_epoch
+  # (aux heads isolated) the same gradients, so only HST's terms part them.
+  from jaxmlc.methods import baseline
+  c = _config(use_sarl=False)
+  c.model.isolate_aux = True
+  b = _config()
+  b.method = "baseline"
+  methods = {"hst": hst.build(c, _info()), "baseline": baseline.build(b, _info())}
+  key, batch = jax.random.PRNGKey(3), _batch()
+  variables = {name: m.init(key, batch) for name, m in methods.items()}
+  params = {name: v["params"] for name, v in variables.items()}
+  grads = {name: _grad_fn(m)(variables[name], batch, jnp.int32(0))[3]
+           for name, m in methods.items()}
+  for part in ("backbone", "head"):
+    for tree in (params, grads):
+      h, base = tree["hst"][part], tree["baseline"][part]
+      assert jax.tree.structure(h) == jax.tree.structure(base)
+      for x, y in zip(jax.tree.leaves(h), jax.tree.leaves(base)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  # From pseudo_label_epoch on the completed-target BCE terms add in.
+  late = _grad_fn(methods["hst"])(_ready(variables["hst"]), batch,
+                                  jnp.int32(12))[3]
+  assert not np.allclose(late["head"]["kernel"],
+                         grads["baseline"]["head"]["kernel"])
+
+
 def test_hst_configs_carry_every_key():
   # `--config.hst.KEY=...` works only for keys the config file sets.
   import importlib.util
@@ -482,6 +510,29 @@ def test_hst_synthetic_long_doubles_the_schedule():
   assert long.optim.decay_every_epochs == 12
   assert (long.hst.pseudo_label_epoch, long.hst.prototype_every) == (6, 3)
   assert long.data.known_label_proportion == 0.4
+
+
+def test_baseline_synthetic_shares_hst_synthetics_recipe():
+  # The issue compares HST with baseline_synthetic: same data (crops
+  # included), backbone, batch and steps; only the lr schedule differs.
+  import importlib.util
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  configs = {}
+  for name in ("hst_synthetic", "baseline_synthetic"):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(root, "configs", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    configs[name] = module.get_config()
+  h, b = configs["hst_synthetic"], configs["baseline_synthetic"]
+  assert h.data.to_dict() == b.data.to_dict()
+  assert tuple(h.data.crop_scales) == (1.0, 0.875, 0.75)
+  for section, ignored in (("train", {"checkpoint_every"}),
+                           ("optim", {"schedule", "decay_every_epochs"}),
+                           ("model", set())):
+    keys = (set(b[section]) & set(h[section])) - ignored
+    assert {k: h[section][k] for k in keys} == {
+        k: b[section][k] for k in keys}, section
 
 
 def test_config_errors():

@@ -197,7 +197,9 @@ class SARL(nn.Module):
     self.gnn = GatedGNN(self.gnn_steps, dtype=self.dtype)
     self.fuse = nn.Dense(self.output_dim, dtype=self.dtype)
     self.classifier = ElementwiseClassifier(self.num_classes, dtype=self.dtype)
-    self.linear_classifier = nn.Dense(self.num_classes, dtype=self.dtype)
+    # Named as the baseline's head, so one seed starts both from the same
+    # weights (flax derives init keys from module names).
+    self.head = nn.Dense(self.num_classes, dtype=self.dtype)
     self.ist_head = PairHead(self.num_classes, self.attention_dim,
                              self.output_dim, dtype=self.dtype)
     self.thresholds = Thresholds(self.ist_threshold_init,
@@ -247,7 +249,7 @@ class SARL(nn.Module):
       fused = jnp.tanh(self.fuse(jnp.concatenate([nodes, semantic], -1)))
       logits = self.classifier(fused)
     else:
-      logits = self.linear_classifier(pooled.astype(self.dtype))
+      logits = self.head(pooled.astype(self.dtype))
     f32 = lambda x: x.astype(jnp.float32)
     out = {"logits": f32(logits), "semantic": f32(semantic),
            "thresholds": self.thresholds()}
