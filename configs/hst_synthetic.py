@@ -9,10 +9,12 @@ The loss weights are the paper's; the scale and these switches are not
 (hst.md allows a small backbone here; every departure is listed):
   - tiny ResNet (width 16) from scratch on 64 px images (layer4 is 2x2),
     d = 64, batch 64, 8 epochs, Adam lr 2e-3 (x0.1 after epoch 6; lr 1e-5
-    suits only a pretrained backbone), coupled weight decay 1e-4. The
-    `vs_baseline` rows train method=baseline with this same recipe
-    (backbone, data, batch, steps, schedule); baseline_synthetic.py differs
-    only by a constant lr (43.1 mAP at 0.3).
+    suits only a pretrained backbone), coupled weight decay 1e-4. Random
+    crops of 100/87.5/75 % of the side (the paper goes down to 50 %; our
+    objects are 7-22 % of the side) and flips. The `vs_baseline` rows
+    train method=baseline with this same recipe (backbone, data, crops,
+    batch, steps, schedule) and, for one seed, the same initial weights
+    and batch order; baseline_synthetic.py differs only by a constant lr.
   - pseudo labels, DTL and L_prototype from epoch 3; prototypes recomputed
     before epochs 3, 5, 7 (K = 10, 30 Lloyd iterations).
   - hst.use_sarl = False: the classifier is the backbone's GAP + linear
@@ -20,8 +22,8 @@ The loss weights are the paper's; the scale and these switches are not
     reduced map. From scratch the SARL head (decoupling + GNN + element-wise
     classifier) trains slower than GAP + linear: 4-epoch train BCE 0.29-0.30
     vs 0.27 for GAP whatever we tried (no reduce BN, layer3+layer4 fused 4x4 map,
-    no GNN steps, d = 128); 8-epoch SARL alone 31.8 mAP vs 44.9. The
-    `ablation` sweep's last row puts SARL back.
+    no GNN steps, d = 128); 8-epoch SARL alone 31.8 mAP vs 44.9 (no crops).
+    The `ablation` sweep's last row puts SARL back.
   - model.isolate_aux = True: the auxiliary heads train on stop-gradient
     backbone features. Pulling on the from-scratch backbone, L_cooc (x10;
     ~17% of the backbone gradient) and L_instance slowed the BCE fit from
@@ -43,26 +45,16 @@ no_sarl, already the default here), plus `tiny` (the test-size data split, 2 epo
 and `long` (twice the steps: 16 epochs, lr decay at 12, pseudo labels from
 6, prototypes every 3; ~6 min an HST run).
 
-Measured (mask seed 0, 2-core CPU, ~2 min an HST run and ~1 min a
+Measured (mask seed 0, 2-core CPU, ~2.5 min an HST run and ~1.3 min a
 baseline run when the machine is idle), test mAP HST / partial BCE, mean
 over seeds 0, 1, 2 (`--sweep=vs_baseline --config.seed=S --workdir=...`; per seed in
 the README):
-  prop 0.1: 27.97 / 25.26   prop 0.2: 39.93 / 37.10   prop 0.3: 43.96 / 43.87
-  prop 0.4: 49.66 / 51.48   prop 0.5: 55.60 / 56.00
-  ablation (prop 0.3, seed 0): HST 44.47, w/o IST 44.70, w/o CST 46.45,
-               w/o DTL 44.04, with SARL 31.26.
-HST leads on every seed at 0.1-0.2, not from 0.3 on; seed-to-seed spread
-of one row is up to 6 mAP. The pseudo labels fire rarely (CST fills ~2%
-of unknown entries at ~70% precision by the end, IST <= 0.8% at ~50%):
-they help when few labels are known and cost about what they add from
-0.3 on. IST/CST/DTL ablation signs are not reproduced at this scale.
-Twice the steps (`:long`; README has the rows):
-  prop 0.3, seeds 0-2: 49.53 / 48.90 (+0.63, ahead on every seed), with
-  theta_cst ~0.2 and CST fills of ~20% of unknown entries at ~33% precision;
-  seed 0 at 0.1 / 0.2 / 0.4 / 0.5: +1.13 / +2.26 / +0.88 / +2.59.
-  32 epochs (0.3, seed 0): 46.71 / 49.50, fills 32% at 27% precision.
-Old figures (before the fixes above): HST 33.9, SARL alone 31.8, HST
-losses on GAP 38.1.
+  prop 0.1: 29.84 / 30.21   prop 0.2: 40.49 / 40.42   prop 0.3: 47.73 / 47.99
+  prop 0.4: 51.38 / 51.10   prop 0.5: 56.51 / 55.74
+Level within the seed spread (a paired run moves by ~1 mAP from chance
+alone). CST fills 1-7 % of unknown entries at 50-78 % precision, IST
+<= 0.6 %. Without the crops (the README keeps that recipe's rows) partial
+BCE scored 3-5 points lower and HST led at 0.1-0.2 only.
 """
 import importlib.util
 import os
