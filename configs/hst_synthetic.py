@@ -55,6 +55,8 @@ Level within the seed spread (a paired run moves by ~1 mAP from chance
 alone). CST fills 1-7 % of unknown entries at 50-78 % precision, IST
 <= 0.6 %. Without the crops (the README keeps that recipe's rows) partial
 BCE scored 3-5 points lower and HST led at 0.1-0.2 only.
+`:long`, prop 0.3, seeds 0-2: 59.14 / 60.96 (behind on every seed; CST
+fills 9-15 % of unknown entries at 43-57 % precision).
 """
 import importlib.util
 import os
