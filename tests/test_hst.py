@@ -182,6 +182,32 @@ def test_threshold_gradients(relaxation, learns):
   assert np.isfinite(grad) and (grad != 0.0) == learns
 
 
+def test_dtl_settles_where_half_to_73_percent_of_opened_entries_are_positive():
+  # Stationary theta: sum over opened positives of (1 - sigmoid(r)) equals
+  # the sum over opened negatives of sigmoid(r); with r in [0, 1] that puts
+  # the opened entries' precision in [1 / 2, 1 / (1 + e^-1)] = [0.5, 0.731],
+  # even here, where theta in (0.55, 0.6) would separate them perfectly.
+  rng = np.random.default_rng(0)
+  q = np.concatenate([rng.uniform(0.6, 0.95, 300),
+                      rng.uniform(0.0, 0.55, 1700)]).astype(np.float32)
+  t = np.concatenate([np.ones(300), np.zeros(1700)]).astype(np.float32)
+  q, t, m = q[None], t[None], np.ones_like(t)[None]
+  grad = jax.jit(jax.grad(lambda theta: hst.differential_threshold_loss(
+      hst.relax_threshold(q, theta), t, m)))
+  lo, hi = 0.0, 0.58            # the loss falls as theta rises at lo, not hi
+  assert grad(lo) < 0 < grad(hi)
+  for _ in range(40):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if grad(mid) < 0 else (lo, mid)
+  opened = q[0] > hi
+  precision = t[0][opened].mean()
+  assert 0.5 <= precision <= 1 / (1 + np.exp(-1.0)), precision
+  r = q[0][opened] - hi
+  sig = 1 / (1 + np.exp(-r))
+  np.testing.assert_allclose(np.sum((1 - sig) * t[0][opened]),
+                             np.sum(sig * (1 - t[0][opened])), rtol=0.02)
+
+
 def test_softplus_relaxation_tends_to_clip():
   x = np.linspace(-1.0, 2.0, 31).astype(np.float32)
   smooth = hst.relax_threshold(x, 0.0, "softplus", sharpness=200.0)
