@@ -52,7 +52,9 @@ the README):
   prop 0.1: 29.84 / 30.21   prop 0.2: 40.49 / 40.42   prop 0.3: 47.73 / 47.99
   prop 0.4: 51.38 / 51.10   prop 0.5: 56.51 / 55.74
 Level within the seed spread (a paired run moves by ~1 mAP from chance
-alone). CST fills 1-7 % of unknown entries at 50-78 % precision, IST
+alone); ten seeds at 0.3: 47.34 / 47.87 (lead -0.53, standard error 0.43).
+DTL's clip rule settles where 50-73 % of the entries it opens are positive
+(hst.differential_threshold_loss), hence the fills' precision. CST fills 1-7 % of unknown entries at 50-78 % precision, IST
 <= 0.6 %. Without the crops (the README keeps that recipe's rows) partial
 BCE scored 3-5 points lower and HST led at 0.1-0.2 only.
 `:long`, prop 0.3, seeds 0-2: 59.14 / 60.96 (behind on every seed; CST
